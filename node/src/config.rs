@@ -1,0 +1,289 @@
+//! Command-line flags (each also settable as a `GEOCACHE_<FLAG>` environment variable)
+//! and their validation into a [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+use crate::duration::{parse_size, parse_ttl_ms};
+use crate::persist::FsyncPolicy;
+
+/// Flags of `geocache-node`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "geocache-node", version, about = "GeoCache node: a geo-distributed cache of JSON documents")]
+pub struct Flags {
+    /// Unique id of this node in the fleet (default: the host name).
+    #[arg(long, env = "GEOCACHE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Region this node serves.
+    #[arg(long, env = "GEOCACHE_REGION", default_value = "local")]
+    pub region: String,
+    /// Address of the HTTP API.
+    #[arg(long, env = "GEOCACHE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// Address of the Redis-protocol listener, or `off`.
+    #[arg(long, env = "GEOCACHE_RESP_ADDR", default_value = "127.0.0.1:6379")]
+    pub resp_addr: String,
+    /// Address of the replication listener.
+    #[arg(long, env = "GEOCACHE_PEER_ADDR", default_value = "127.0.0.1:7946")]
+    pub peer_addr: SocketAddr,
+    /// Address other nodes use to reach this node's peer listener (default: --peer-addr).
+    #[arg(long, env = "GEOCACHE_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Seed peers, `host:port,...`.
+    #[arg(long, env = "GEOCACHE_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// File listing peers (written by the operator; reloaded on change).
+    #[arg(long, env = "GEOCACHE_PEERS_FILE")]
+    pub peers_file: Option<PathBuf>,
+    /// Directory of the append-only log and snapshots (absent: memory only).
+    #[arg(long, env = "GEOCACHE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// When to fsync the log: `every-second` (default) or `always` (before every acknowledgement).
+    #[arg(long, env = "GEOCACHE_FSYNC", value_enum, default_value_t = Fsync::EverySecond)]
+    pub fsync: Fsync,
+    /// Memory for entries before cold ones are evicted, e.g. `512mb` (default: no limit).
+    #[arg(long, env = "GEOCACHE_MAX_MEMORY")]
+    pub max_memory: Option<String>,
+    /// TTL of writes that do not give one, e.g. `1h` (default: none).
+    #[arg(long, env = "GEOCACHE_DEFAULT_TTL")]
+    pub default_ttl: Option<String>,
+    /// Largest key in bytes.
+    #[arg(long, env = "GEOCACHE_MAX_KEY_BYTES", default_value_t = 1024)]
+    pub max_key_bytes: usize,
+    /// Largest value in bytes, e.g. `1mb`.
+    #[arg(long, env = "GEOCACHE_MAX_VALUE_BYTES", default_value = "1mb")]
+    pub max_value_bytes: String,
+    /// How long a delete's tombstone is kept, e.g. `24h`.
+    #[arg(long, env = "GEOCACHE_TOMBSTONE_RETENTION", default_value = "24h")]
+    pub tombstone_retention: String,
+    /// Compact the log once it exceeds this size and the last snapshot's, e.g. `64mb`.
+    #[arg(long, env = "GEOCACHE_COMPACT_MIN", default_value = "64mb")]
+    pub compact_min: String,
+    /// Certificate for mutual TLS between nodes.
+    #[arg(long, env = "GEOCACHE_PEER_TLS_CERT")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// Private key for mutual TLS between nodes.
+    #[arg(long, env = "GEOCACHE_PEER_TLS_KEY")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// CA that peer certificates must chain to.
+    #[arg(long, env = "GEOCACHE_PEER_TLS_CA")]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// Certificate for TLS on the HTTP and Redis ports.
+    #[arg(long, env = "GEOCACHE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key for TLS on the HTTP and Redis ports.
+    #[arg(long, env = "GEOCACHE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// File of accepted client passwords, one per line.
+    #[arg(long, env = "GEOCACHE_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "GEOCACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Fsync {
+    EverySecond,
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: String,
+    pub region: String,
+    pub http_addr: SocketAddr,
+    pub resp_addr: Option<SocketAddr>,
+    pub peer_addr: SocketAddr,
+    pub data_dir: Option<PathBuf>,
+    pub fsync: FsyncPolicy,
+    pub max_memory: Option<u64>,
+    pub default_ttl_ms: Option<u64>,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub tombstone_retention_ms: u64,
+    pub compact_min_bytes: u64,
+    pub log_format: LogFormat,
+}
+
+/// A flag with a value we cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: {message}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+fn err(flag: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError { flag, message: message.into() }
+}
+
+/// Node ids and region names appear in peer lists, DNS names and metrics: keep them
+/// to letters, digits, `-`, `_` and `.`.
+fn check_name(flag: &'static str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() || value.len() > 63 {
+        return Err(err(flag, format!("{value:?} must be 1 to 63 characters")));
+    }
+    if !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(err(flag, format!("{value:?} may only contain letters, digits, '-', '_' and '.'")));
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "node".to_string())
+}
+
+impl Flags {
+    /// Validates the flags into a [`Config`].
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let node_id = self.node_id.unwrap_or_else(hostname);
+        check_name("node-id", &node_id)?;
+        check_name("region", &self.region)?;
+        let resp_addr = match self.resp_addr.trim() {
+            "off" => None,
+            addr => Some(addr.parse().map_err(|e| err("resp-addr", format!("{addr:?} is not host:port or off: {e}")))?),
+        };
+        // Replication and security arrive with their own issues; refuse their flags
+        // rather than accept and ignore them.
+        let not_yet: [(&'static str, bool); 9] = [
+            ("advertise-addr", self.advertise_addr.is_some()),
+            ("peers", !self.peers.is_empty()),
+            ("peers-file", self.peers_file.is_some()),
+            ("peer-tls-cert", self.peer_tls_cert.is_some()),
+            ("peer-tls-key", self.peer_tls_key.is_some()),
+            ("peer-tls-ca", self.peer_tls_ca.is_some()),
+            ("tls-cert", self.tls_cert.is_some()),
+            ("tls-key", self.tls_key.is_some()),
+            ("auth-file", self.auth_file.is_some()),
+        ];
+        if let Some((flag, _)) = not_yet.iter().find(|(_, set)| *set) {
+            return Err(err(flag, "is not supported by this build yet (replication and security are in progress)"));
+        }
+        let max_memory = self.max_memory.as_deref().map(parse_size).transpose().map_err(|m| err("max-memory", m))?;
+        if max_memory == Some(0) {
+            return Err(err("max-memory", "must be greater than 0"));
+        }
+        let default_ttl_ms =
+            self.default_ttl.as_deref().map(parse_ttl_ms).transpose().map_err(|m| err("default-ttl", m))?;
+        if default_ttl_ms == Some(0) {
+            return Err(err("default-ttl", "must be greater than 0"));
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > u16::MAX as usize {
+            return Err(err("max-key-bytes", format!("must be between 1 and {}", u16::MAX)));
+        }
+        let max_value_bytes = parse_size(&self.max_value_bytes).map_err(|m| err("max-value-bytes", m))?;
+        if max_value_bytes == 0 || max_value_bytes > 512 << 20 {
+            return Err(err("max-value-bytes", "must be between 1 byte and 512mb"));
+        }
+        let tombstone_retention_ms =
+            parse_ttl_ms(&self.tombstone_retention).map_err(|m| err("tombstone-retention", m))?;
+        let compact_min_bytes = parse_size(&self.compact_min).map_err(|m| err("compact-min", m))?;
+        Ok(Config {
+            node_id,
+            region: self.region,
+            http_addr: self.http_addr,
+            resp_addr,
+            peer_addr: self.peer_addr,
+            data_dir: self.data_dir,
+            fsync: match self.fsync {
+                Fsync::EverySecond => FsyncPolicy::EverySecond,
+                Fsync::Always => FsyncPolicy::Always,
+            },
+            max_memory,
+            default_ttl_ms,
+            max_key_bytes: self.max_key_bytes,
+            max_value_bytes: max_value_bytes as usize,
+            tombstone_retention_ms,
+            compact_min_bytes,
+            log_format: self.log_format,
+        })
+    }
+}
+
+impl Config {
+    /// A configuration for tests: memory only, ports chosen by the OS.
+    pub fn for_test() -> Config {
+        Flags::parse_from([
+            "geocache-node",
+            "--node-id",
+            "test-0",
+            "--region",
+            "test",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--resp-addr",
+            "127.0.0.1:0",
+            "--peer-addr",
+            "127.0.0.1:0",
+        ])
+        .validate()
+        .unwrap_or_else(|e| panic!("test config: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["geocache-node", "--node-id", "n1"];
+        all.extend_from_slice(args);
+        Flags::try_parse_from(all).map_err(|e| err("parse", e.to_string()))?.validate()
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.resp_addr.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:6379"));
+        assert_eq!(c.peer_addr.to_string(), "127.0.0.1:7946");
+        assert_eq!(c.data_dir, None);
+        assert_eq!(c.fsync, FsyncPolicy::EverySecond);
+        assert_eq!(c.max_memory, None);
+        assert_eq!(c.max_key_bytes, 1024);
+        assert_eq!(c.max_value_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn the_redis_port_can_be_turned_off() {
+        assert_eq!(parse(&["--resp-addr", "off"]).unwrap().resp_addr, None);
+    }
+
+    #[test]
+    fn sizes_and_ttls_are_parsed() {
+        let c = parse(&["--max-memory", "64mb", "--default-ttl", "1h", "--fsync", "always"]).unwrap();
+        assert_eq!(c.max_memory, Some(64 << 20));
+        assert_eq!(c.default_ttl_ms, Some(3_600_000));
+        assert_eq!(c.fsync, FsyncPolicy::Always);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        for (args, flag) in [
+            (&["--max-memory", "lots"][..], "max-memory"),
+            (&["--default-ttl", "5x"][..], "default-ttl"),
+            (&["--region", "eu west"][..], "region"),
+            (&["--resp-addr", "nowhere"][..], "resp-addr"),
+            (&["--max-key-bytes", "0"][..], "max-key-bytes"),
+            (&["--peers", "10.0.0.1:7946"][..], "peers"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.flag, flag, "{args:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,596 @@
+//! Optional persistence (`--data-dir`): an append-only log of records, compacted by
+//! snapshots.
+//!
+//! - **Log.** Every local write appends a checksummed [`record`] to an in-memory
+//!   buffer under the journal lock; before the write is acknowledged,
+//!   [`Persist::flush_to`] writes the buffer to the current segment file (group commit:
+//!   one `write(2)` covers every write that is waiting). With [`FsyncPolicy::Always`]
+//!   it also `fdatasync`s before the acknowledgement; with the default
+//!   [`FsyncPolicy::EverySecond`] a background task syncs at least once a second.
+//!   So `kill -9` never loses an acknowledged write, and a power loss loses at most
+//!   the last second (or nothing, with `always`).
+//! - **Segments.** The log is a sequence of files `log-<id>.gclog`; each start of the
+//!   node opens a new one.
+//! - **Snapshots.** When the log since the last snapshot grows past
+//!   `max(compact_min_bytes, size of the last snapshot)`, [`Persist::compact`] starts a
+//!   new segment, writes every live entry and tombstone to `snapshot-<id>.gcsnap`
+//!   (through a temporary file, fsync, rename), and deletes the segments before `<id>`.
+//!   Records carry their versions and apply is last-writer-wins, so writes that land
+//!   in both the snapshot and the new segment are harmless.
+//! - **Recovery.** [`Persist::open`] loads the newest snapshot, then replays the
+//!   segments after it. A torn or corrupt record (bad length, bad checksum) ends the
+//!   replay of its file: it is reported, the file is truncated there, and nothing after
+//!   it in that file is trusted. Expired entries are not restored.
+
+pub mod record;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::clock;
+use crate::metrics::Metrics;
+use crate::store::{Origin, OriginId, OriginTable, RecordRef, Store};
+
+/// A position in the log stream of this process (bytes appended since start).
+pub type Lsn = u64;
+
+const SEGMENT_MAGIC: &[u8; 8] = b"GCLOG001";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"GCSNAP01";
+/// Ends a snapshot: a record header with length 0 (no real record is empty).
+const SNAPSHOT_END: &[u8; 8] = &[0, 0, 0, 0, b'G', b'C', b'E', b'N'];
+
+/// When the log is flushed to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// fsync at least once a second (acknowledged writes survive a process crash;
+    /// a power loss can take the last second).
+    #[default]
+    EverySecond,
+    /// fsync before every acknowledgement (group commit).
+    Always,
+}
+
+/// Persistence settings.
+#[derive(Debug, Clone)]
+pub struct PersistConfig {
+    pub dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    /// Do not compact before the log since the last snapshot reaches this size.
+    pub compact_min_bytes: u64,
+}
+
+/// Errors opening or compacting the data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("cannot use data dir {path}: {source}")]
+    DataDir { path: PathBuf, source: io::Error },
+    #[error("cannot open log segment {path}: {source}")]
+    OpenSegment { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write snapshot {path}: {source}")]
+    WriteSnapshot { path: PathBuf, source: io::Error },
+    #[error("cannot write log: {0}")]
+    WriteLog(io::Error),
+}
+
+/// A damaged part of a file found during recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    pub file: PathBuf,
+    pub offset: u64,
+    pub skipped_bytes: u64,
+    pub reason: String,
+}
+
+/// What recovery found.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    pub snapshot_records: u64,
+    pub log_records: u64,
+    pub segments: usize,
+    pub corruptions: Vec<Corruption>,
+    pub duration: Duration,
+    /// The next sequence number for local writes.
+    pub next_local_seq: u64,
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone)]
+pub struct CompactionReport {
+    pub records: u64,
+    pub snapshot_bytes: u64,
+    pub removed_segments: usize,
+    pub duration: Duration,
+}
+
+struct Pending {
+    bytes: Vec<u8>,
+    appended: Lsn,
+}
+
+struct Writer {
+    file: Arc<File>,
+    segment: u64,
+    segment_len: u64,
+    spare: Vec<u8>,
+}
+
+/// The on-disk log of a node.
+pub struct Persist {
+    config: PersistConfig,
+    origins: Arc<OriginTable>,
+    local: Origin,
+    metrics: Arc<Metrics>,
+    pending: Mutex<Pending>,
+    writer: Mutex<Writer>,
+    written: AtomicU64,
+    synced: AtomicU64,
+    sync_lock: tokio::sync::Mutex<()>,
+    /// Bytes written to segments since the last snapshot.
+    log_bytes: AtomicU64,
+    last_snapshot_bytes: AtomicU64,
+    compaction: Mutex<()>,
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("log-{id:016x}.gclog"))
+}
+
+fn snapshot_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("snapshot-{id:016x}.gcsnap"))
+}
+
+fn parse_id(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    let hex = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn create_segment(dir: &Path, id: u64) -> io::Result<File> {
+    let path = segment_path(dir, id);
+    let mut file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+    file.write_all(SEGMENT_MAGIC)?;
+    file.sync_data()?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Reads records one by one from a stream, telling a clean end from a torn one.
+struct RecordReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    offset: u64,
+}
+
+enum Next {
+    Record,
+    End,
+    Bad(String),
+}
+
+impl<R: Read> RecordReader<R> {
+    fn new(inner: R, offset: u64) -> Self {
+        RecordReader { inner, buf: Vec::new(), offset }
+    }
+
+    /// Reads the next record into `self.buf`.
+    fn next(&mut self) -> io::Result<Next> {
+        let mut header = [0u8; record::HEADER_LEN];
+        let got = read_full(&mut self.inner, &mut header)?;
+        if got == 0 {
+            return Ok(Next::End);
+        }
+        if got < header.len() {
+            return Ok(Next::Bad(format!("torn record header ({got} of {} bytes)", header.len())));
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if len > record::MAX_PAYLOAD {
+            return Ok(Next::Bad(format!("record length {len} exceeds the limit")));
+        }
+        self.buf.clear();
+        self.buf.extend_from_slice(&header);
+        self.buf.resize(record::HEADER_LEN + len, 0);
+        let got = read_full(&mut self.inner, &mut self.buf[record::HEADER_LEN..])?;
+        if got < len {
+            return Ok(Next::Bad(format!("torn record ({got} of {len} payload bytes)")));
+        }
+        Ok(Next::Record)
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Replays one file (a segment or a snapshot body) from `start`; returns the number of
+/// records, the largest local sequence number seen, and the corruption if any.
+fn replay_file(
+    path: &Path,
+    file: File,
+    start: u64,
+    origins: &OriginTable,
+    local_node: &str,
+    expect_end_marker: bool,
+    apply: &mut impl FnMut(RecordRef<'_>),
+) -> Result<(u64, u64, Option<Corruption>), PersistError> {
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut reader = RecordReader::new(io::BufReader::with_capacity(1 << 20, file), start);
+    let mut count = 0;
+    let mut max_local_seq = 0;
+    let read_err = |source| PersistError::Read { path: path.to_path_buf(), source };
+    loop {
+        let at = reader.offset;
+        let bad = match reader.next().map_err(read_err)? {
+            Next::End if expect_end_marker => Some("snapshot ends without its end marker".to_string()),
+            Next::End => None,
+            Next::Bad(reason) => Some(reason),
+            Next::Record => {
+                if expect_end_marker && reader.buf.as_slice() == SNAPSHOT_END {
+                    return Ok((count, max_local_seq, None));
+                }
+                match record::decode(&reader.buf) {
+                    Ok((d, used)) => {
+                        reader.offset += used as u64;
+                        let origin = if d.node_id == local_node {
+                            max_local_seq = max_local_seq.max(d.seq);
+                            OriginId::LOCAL
+                        } else {
+                            origins.intern(d.node_id, d.region)
+                        };
+                        apply(d.record(origin));
+                        count += 1;
+                        continue;
+                    }
+                    Err(e) => Some(e.to_string()),
+                }
+            }
+        };
+        let corruption = bad.map(|reason| Corruption {
+            file: path.to_path_buf(),
+            offset: at,
+            skipped_bytes: file_len.saturating_sub(at),
+            reason,
+        });
+        return Ok((count, max_local_seq, corruption));
+    }
+}
+
+impl Persist {
+    /// Opens (creating it if needed) the data directory, replays what it holds through
+    /// `apply`, and starts a new log segment.
+    pub fn open(
+        config: PersistConfig,
+        origins: Arc<OriginTable>,
+        metrics: Arc<Metrics>,
+        mut apply: impl FnMut(RecordRef<'_>),
+    ) -> Result<(Persist, RecoveryReport), PersistError> {
+        let started = Instant::now();
+        let dir = config.dir.clone();
+        let dir_err = |source| PersistError::DataDir { path: dir.clone(), source };
+        fs::create_dir_all(&dir).map_err(dir_err)?;
+        let local = origins.local();
+        let mut segments = Vec::new();
+        let mut snapshots = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(dir_err)? {
+            let entry = entry.map_err(dir_err)?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(id) = parse_id(name, "log-", ".gclog") {
+                segments.push(id);
+            } else if let Some(id) = parse_id(name, "snapshot-", ".gcsnap") {
+                snapshots.push(id);
+            } else if name == "snapshot.tmp" {
+                // An interrupted compaction: the segments it covered are still there.
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        segments.sort_unstable();
+        snapshots.sort_unstable();
+
+        let mut report = RecoveryReport::default();
+        let mut max_local_seq = 0;
+        let mut first_segment = 0;
+        let mut snapshot_bytes = 0;
+        if let Some(&snap) = snapshots.last() {
+            let path = snapshot_path(&dir, snap);
+            let mut file = File::open(&path).map_err(|source| PersistError::Read { path: path.clone(), source })?;
+            snapshot_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let mut header = [0u8; 24];
+            let got = read_full(&mut file, &mut header)
+                .map_err(|source| PersistError::Read { path: path.clone(), source })?;
+            if got == header.len() && &header[..8] == SNAPSHOT_MAGIC {
+                first_segment = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+                let next_seq = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default());
+                max_local_seq = next_seq.saturating_sub(1);
+                let (n, seq, corruption) = replay_file(&path, file, 24, &origins, &local.node_id, true, &mut apply)?;
+                report.snapshot_records = n;
+                max_local_seq = max_local_seq.max(seq);
+                if let Some(c) = corruption {
+                    report.corruptions.push(c);
+                }
+            } else {
+                report.corruptions.push(Corruption {
+                    file: path.clone(),
+                    offset: 0,
+                    skipped_bytes: snapshot_bytes,
+                    reason: "snapshot header is damaged".into(),
+                });
+            }
+            // Older snapshots are superseded (a crash can leave one behind).
+            for &old in &snapshots[..snapshots.len() - 1] {
+                let _ = fs::remove_file(snapshot_path(&dir, old));
+            }
+        }
+
+        let mut log_bytes = 0;
+        for &id in segments.iter().filter(|&&id| id >= first_segment) {
+            let path = segment_path(&dir, id);
+            let mut file = File::open(&path).map_err(|source| PersistError::Read { path: path.clone(), source })?;
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let mut magic = [0u8; 8];
+            let got =
+                read_full(&mut file, &mut magic).map_err(|source| PersistError::Read { path: path.clone(), source })?;
+            report.segments += 1;
+            let corruption = if got < magic.len() || &magic != SEGMENT_MAGIC {
+                Some(Corruption {
+                    file: path.clone(),
+                    offset: 0,
+                    skipped_bytes: len,
+                    reason: "segment header is damaged".into(),
+                })
+            } else {
+                let (n, seq, corruption) = replay_file(&path, file, 8, &origins, &local.node_id, false, &mut apply)?;
+                report.log_records += n;
+                max_local_seq = max_local_seq.max(seq);
+                corruption
+            };
+            if let Some(c) = corruption {
+                // Nothing after a damaged record in this file is trusted: cut it off, so
+                // that the next start does not trip over it again.
+                if c.offset >= SEGMENT_MAGIC.len() as u64
+                    && let Ok(f) = OpenOptions::new().write(true).open(&path)
+                {
+                    let _ = f.set_len(c.offset).and_then(|_| f.sync_all());
+                }
+                report.corruptions.push(c);
+            }
+            log_bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        }
+        // Segments older than the snapshot are covered by it.
+        for &id in segments.iter().filter(|&&id| id < first_segment) {
+            let _ = fs::remove_file(segment_path(&dir, id));
+        }
+
+        let next_segment = segments.last().map_or(first_segment, |&last| last + 1).max(first_segment);
+        let path = segment_path(&dir, next_segment);
+        let file = create_segment(&dir, next_segment).map_err(|source| PersistError::OpenSegment { path, source })?;
+        report.next_local_seq = max_local_seq + 1;
+        report.duration = started.elapsed();
+        metrics.recovered_records.store(report.snapshot_records + report.log_records, Ordering::Relaxed);
+        metrics.recovery_millis.store(report.duration.as_millis() as u64, Ordering::Relaxed);
+        metrics.corrupt_tails.fetch_add(report.corruptions.len() as u64, Ordering::Relaxed);
+        let persist = Persist {
+            config,
+            origins,
+            local,
+            metrics,
+            pending: Mutex::new(Pending { bytes: Vec::with_capacity(64 << 10), appended: 0 }),
+            writer: Mutex::new(Writer {
+                file: Arc::new(file),
+                segment: next_segment,
+                segment_len: SEGMENT_MAGIC.len() as u64,
+                spare: Vec::with_capacity(64 << 10),
+            }),
+            written: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            sync_lock: tokio::sync::Mutex::new(()),
+            log_bytes: AtomicU64::new(log_bytes),
+            last_snapshot_bytes: AtomicU64::new(snapshot_bytes),
+            compaction: Mutex::new(()),
+        };
+        Ok((persist, report))
+    }
+
+    pub fn config(&self) -> &PersistConfig {
+        &self.config
+    }
+
+    fn origin_of(&self, id: OriginId) -> Origin {
+        if id == OriginId::LOCAL {
+            return self.local.clone();
+        }
+        self.origins.get(id).unwrap_or_else(|| Origin { node_id: "unknown".into(), region: "".into() })
+    }
+
+    /// Appends a record to the buffer; returns the position to wait for.
+    pub fn append(&self, seq: u64, record: RecordRef<'_>) -> Lsn {
+        let origin = self.origin_of(record.version.origin);
+        let mut p = self.pending.lock();
+        let before = p.bytes.len();
+        record::encode(&mut p.bytes, seq, &origin, record);
+        p.appended += (p.bytes.len() - before) as u64;
+        p.appended
+    }
+
+    /// Writes the buffer to the current segment if `lsn` is not written yet.
+    fn write_pending(&self, lsn: Lsn) -> io::Result<()> {
+        let mut w = self.writer.lock();
+        if self.written.load(Ordering::Acquire) >= lsn {
+            return Ok(());
+        }
+        let w = &mut *w;
+        let upto = {
+            let mut p = self.pending.lock();
+            std::mem::swap(&mut p.bytes, &mut w.spare);
+            p.appended
+        };
+        let mut data = std::mem::take(&mut w.spare);
+        match (&*w.file).write_all(&data) {
+            Ok(()) => {
+                w.segment_len += data.len() as u64;
+                self.log_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.metrics.log_appended_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.written.store(upto, Ordering::Release);
+                data.clear();
+                w.spare = data;
+                Ok(())
+            }
+            Err(e) => {
+                // Undo a partial write and keep the records for the next attempt: the
+                // callers waiting for them get the error, nothing is acknowledged.
+                let _ = w.file.set_len(w.segment_len);
+                let mut p = self.pending.lock();
+                data.extend_from_slice(&p.bytes);
+                p.bytes = data;
+                self.metrics.log_write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, segment = w.segment, "cannot write to the log");
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits until the log holds everything up to `lsn`: written to the operating
+    /// system, and with `--fsync always` also synced to disk.
+    pub async fn flush_to(&self, lsn: Lsn) -> io::Result<()> {
+        if self.written.load(Ordering::Acquire) < lsn {
+            self.write_pending(lsn)?;
+        }
+        if self.config.fsync == FsyncPolicy::Always && self.synced.load(Ordering::Acquire) < lsn {
+            let _guard = self.sync_lock.lock().await;
+            if self.synced.load(Ordering::Acquire) < lsn {
+                let target = self.written.load(Ordering::Acquire);
+                let file = self.writer.lock().file.clone();
+                tokio::task::spawn_blocking(move || file.sync_data())
+                    .await
+                    .map_err(|e| io::Error::other(e.to_string()))??;
+                self.metrics.log_fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.synced.fetch_max(target, Ordering::AcqRel);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes and syncs everything appended so far (blocking; the once-a-second task
+    /// and shutdown call it).
+    pub fn sync_all(&self) -> io::Result<()> {
+        let appended = self.pending.lock().appended;
+        self.write_pending(appended)?;
+        let target = self.written.load(Ordering::Acquire);
+        if self.synced.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        let file = self.writer.lock().file.clone();
+        file.sync_data()?;
+        self.metrics.log_fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.synced.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// True when the log since the last snapshot is large enough to compact.
+    pub fn should_compact(&self) -> bool {
+        let log = self.log_bytes.load(Ordering::Relaxed);
+        log >= self.config.compact_min_bytes.max(self.last_snapshot_bytes.load(Ordering::Relaxed))
+    }
+
+    /// Starts a new segment; everything appended before is written and synced to the
+    /// old one. Returns the new segment's id.
+    fn rotate(&self) -> Result<u64, PersistError> {
+        let appended = self.pending.lock().appended;
+        self.write_pending(appended).map_err(PersistError::WriteLog)?;
+        let mut w = self.writer.lock();
+        // Anything appended since is still in the buffer and goes to the new segment.
+        w.file.sync_data().map_err(PersistError::WriteLog)?;
+        let id = w.segment + 1;
+        let path = segment_path(&self.config.dir, id);
+        let file = create_segment(&self.config.dir, id).map_err(|source| PersistError::OpenSegment { path, source })?;
+        w.file = Arc::new(file);
+        w.segment = id;
+        w.segment_len = SEGMENT_MAGIC.len() as u64;
+        Ok(id)
+    }
+
+    /// Writes a snapshot of `store` and deletes the segments it covers (blocking).
+    pub fn compact(&self, store: &Store, next_local_seq: u64) -> Result<CompactionReport, PersistError> {
+        let _one_at_a_time = self.compaction.lock();
+        let started = Instant::now();
+        let dir = &self.config.dir;
+        let segment = self.rotate()?;
+        let tmp = dir.join("snapshot.tmp");
+        let snap_err = |source| PersistError::WriteSnapshot { path: tmp.clone(), source };
+        let file = File::create(&tmp).map_err(snap_err)?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut header = Vec::with_capacity(24);
+        header.extend_from_slice(SNAPSHOT_MAGIC);
+        header.extend_from_slice(&segment.to_le_bytes());
+        header.extend_from_slice(&next_local_seq.to_le_bytes());
+        out.write_all(&header).map_err(snap_err)?;
+        let now = clock::now_ms();
+        let mut records = 0u64;
+        let mut buf = Vec::with_capacity(1 << 20);
+        let mut names: Vec<Option<Origin>> = Vec::new();
+        for shard in 0..store.shard_count() {
+            buf.clear();
+            store.scan_shard(shard, now, |rec| {
+                let i = rec.version.origin.0 as usize;
+                if names.len() <= i {
+                    names.resize(i + 1, None);
+                }
+                let origin = names[i].get_or_insert_with(|| self.origin_of(rec.version.origin));
+                record::encode(&mut buf, 0, origin, rec);
+                records += 1;
+            });
+            out.write_all(&buf).map_err(snap_err)?;
+        }
+        out.write_all(SNAPSHOT_END).map_err(snap_err)?;
+        let file = out.into_inner().map_err(|e| snap_err(e.into_error()))?;
+        file.sync_all().map_err(snap_err)?;
+        let snapshot_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        drop(file);
+        let path = snapshot_path(dir, segment);
+        fs::rename(&tmp, &path).map_err(snap_err)?;
+        sync_dir(dir).map_err(snap_err)?;
+        // The snapshot now covers every segment before `segment`.
+        let mut removed = 0;
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let old = parse_id(name, "log-", ".gclog").is_some_and(|id| id < segment)
+                    || parse_id(name, "snapshot-", ".gcsnap").is_some_and(|id| id < segment);
+                if old && fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        let current = self.writer.lock().segment_len;
+        self.log_bytes.store(current, Ordering::Relaxed);
+        self.last_snapshot_bytes.store(snapshot_bytes, Ordering::Relaxed);
+        self.metrics.compactions.fetch_add(1, Ordering::Relaxed);
+        Ok(CompactionReport { records, snapshot_bytes, removed_segments: removed, duration: started.elapsed() })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,193 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::db::{Db, Expiry, Limits};
+use crate::store::{StoreConfig, Value};
+
+struct Opened {
+    db: Db,
+    report: RecoveryReport,
+}
+
+fn open(dir: &Path, fsync: FsyncPolicy, compact_min_bytes: u64) -> Opened {
+    let origins = Arc::new(OriginTable::new(Origin { node_id: "eu-0".into(), region: "eu".into() }));
+    let metrics = Arc::new(Metrics::default());
+    let store = Store::new(StoreConfig::default(), origins.clone());
+    let config = PersistConfig { dir: dir.to_path_buf(), fsync, compact_min_bytes };
+    let now = clock::now_ms();
+    let (persist, report) = Persist::open(config, origins, metrics.clone(), |r| {
+        store.apply(r, now);
+    })
+    .unwrap();
+    let db = Db::new(store, Limits::default(), Some(Arc::new(persist)), metrics);
+    db.set_next_seq(report.next_local_seq);
+    Opened { db, report }
+}
+
+async fn put(db: &Db, key: &str, json: &str, expiry: Expiry) {
+    let w = db.put(key, Value::json(json.as_bytes().to_vec()).unwrap(), expiry).unwrap();
+    db.wait_durable(w.lsn).await.unwrap();
+}
+
+fn value(db: &Db, key: &str) -> Option<String> {
+    db.get(key).unwrap().map(|f| String::from_utf8(f.value.bytes.to_vec()).unwrap())
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gclog"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_a_crash_without_any_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let o = open(dir.path(), FsyncPolicy::EverySecond, 1 << 30);
+        for i in 0..100 {
+            put(&o.db, &format!("k{i}"), &format!("{{\"i\":{i}}}"), Expiry::Never).await;
+        }
+        let w = o.db.delete("k7").unwrap();
+        o.db.wait_durable(w.lsn).await.unwrap();
+        // Dropped without sync_all: what was acknowledged is in the OS already.
+    }
+    let o = open(dir.path(), FsyncPolicy::EverySecond, 1 << 30);
+    assert_eq!(o.report.log_records, 101);
+    assert!(o.report.corruptions.is_empty());
+    assert_eq!(o.db.store().len(), 99);
+    assert_eq!(value(&o.db, "k42").as_deref(), Some("{\"i\":42}"));
+    assert_eq!(value(&o.db, "k7"), None);
+    assert_eq!(o.db.store().tombstones(), 1);
+    assert_eq!(o.report.next_local_seq, 102);
+}
+
+#[tokio::test]
+async fn expired_entries_stay_gone_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let o = open(dir.path(), FsyncPolicy::Always, 1 << 30);
+        put(&o.db, "short", "1", Expiry::At(clock::now_ms() + 50)).await;
+        put(&o.db, "long", "2", Expiry::after_ms(3_600_000)).await;
+    }
+    std::thread::sleep(Duration::from_millis(80));
+    let o = open(dir.path(), FsyncPolicy::Always, 1 << 30);
+    assert_eq!(value(&o.db, "short"), None);
+    assert_eq!(value(&o.db, "long").as_deref(), Some("2"));
+    assert_eq!(o.db.store().len(), 1);
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_reported_skipped_and_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let o = open(dir.path(), FsyncPolicy::EverySecond, 1 << 30);
+        for i in 0..10 {
+            put(&o.db, &format!("k{i}"), "\"0123456789\"", Expiry::Never).await;
+        }
+    }
+    let seg = segments(dir.path()).pop().unwrap();
+    let len = fs::metadata(&seg).unwrap().len();
+    OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 5).unwrap();
+
+    let o = open(dir.path(), FsyncPolicy::EverySecond, 1 << 30);
+    assert_eq!(o.report.log_records, 9);
+    assert_eq!(o.report.corruptions.len(), 1);
+    assert!(o.report.corruptions[0].reason.contains("torn"), "{:?}", o.report.corruptions);
+    assert_eq!(value(&o.db, "k8").as_deref(), Some("\"0123456789\""));
+    assert_eq!(value(&o.db, "k9"), None);
+    drop(o);
+    // The damaged file was cut at the last good record: the next start is clean.
+    let o = open(dir.path(), FsyncPolicy::EverySecond, 1 << 30);
+    assert!(o.report.corruptions.is_empty());
+    assert_eq!(o.db.store().len(), 9);
+}
+
+#[tokio::test]
+async fn garbage_after_the_last_record_never_becomes_a_value() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let o = open(dir.path(), FsyncPolicy::EverySecond, 1 << 30);
+        put(&o.db, "a", "1", Expiry::Never).await;
+    }
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+    // A plausible header (small length) followed by junk: the checksum must catch it.
+    f.write_all(&[20, 0, 0, 0, 1, 2, 3, 4]).unwrap();
+    f.write_all(&[0xAB; 20]).unwrap();
+    drop(f);
+    let o = open(dir.path(), FsyncPolicy::EverySecond, 1 << 30);
+    assert_eq!(o.report.corruptions.len(), 1);
+    assert_eq!(o.report.corruptions[0].reason, "checksum mismatch");
+    assert_eq!(o.db.store().len(), 1);
+    assert_eq!(value(&o.db, "a").as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn compaction_bounds_the_log_and_keeps_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = format!("\"{}\"", "x".repeat(1000));
+    {
+        let o = open(dir.path(), FsyncPolicy::EverySecond, 64 << 10);
+        let persist = o.db.persist().unwrap().clone();
+        // Overwrite the same 20 keys many times: the log grows, the data does not.
+        for round in 0..20 {
+            for i in 0..20 {
+                put(&o.db, &format!("k{i}"), &big, Expiry::Never).await;
+            }
+            let w = o.db.delete("k0").unwrap();
+            o.db.wait_durable(w.lsn).await.unwrap();
+            if persist.should_compact() {
+                let r = persist.compact(o.db.store(), o.db.next_seq()).unwrap();
+                assert_eq!(r.records, 20, "round {round}: 19 entries and 1 tombstone");
+            }
+        }
+        assert!(persist.metrics.compactions.load(Ordering::Relaxed) > 0);
+        put(&o.db, "after", "true", Expiry::Never).await;
+    }
+    let total: u64 = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(total < 200 << 10, "data dir holds {total} bytes");
+    let o = open(dir.path(), FsyncPolicy::EverySecond, 64 << 10);
+    assert!(o.report.corruptions.is_empty(), "{:?}", o.report.corruptions);
+    assert!(o.report.snapshot_records > 0);
+    assert_eq!(o.db.store().len(), 20);
+    assert_eq!(value(&o.db, "k0"), None);
+    assert_eq!(value(&o.db, "k5").as_deref(), Some(big.as_str()));
+    assert_eq!(value(&o.db, "after").as_deref(), Some("true"));
+    assert_eq!(o.report.next_local_seq, 20 * 21 + 2);
+}
+
+#[tokio::test]
+async fn a_snapshot_without_its_end_marker_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let o = open(dir.path(), FsyncPolicy::EverySecond, 1);
+        put(&o.db, "a", "1", Expiry::Never).await;
+        put(&o.db, "b", "2", Expiry::Never).await;
+        o.db.persist().unwrap().compact(o.db.store(), o.db.next_seq()).unwrap();
+    }
+    let snap = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "gcsnap"))
+        .unwrap();
+    let len = fs::metadata(&snap).unwrap().len();
+    OpenOptions::new().write(true).open(&snap).unwrap().set_len(len - 8).unwrap();
+    let o = open(dir.path(), FsyncPolicy::EverySecond, 1);
+    assert_eq!(o.report.corruptions.len(), 1);
+    assert!(o.report.corruptions[0].reason.contains("end marker"));
+    assert_eq!(o.db.store().len(), 2);
+}
+
+#[tokio::test]
+async fn always_fsync_syncs_before_acknowledging() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = open(dir.path(), FsyncPolicy::Always, 1 << 30);
+    put(&o.db, "a", "1", Expiry::Never).await;
+    let persist = o.db.persist().unwrap();
+    assert!(persist.metrics.log_fsyncs.load(Ordering::Relaxed) >= 1);
+    assert_eq!(persist.synced.load(Ordering::Relaxed), persist.written.load(Ordering::Relaxed));
+}

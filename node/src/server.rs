@@ -1,0 +1,228 @@
+//! Wires a node together: recovery, listeners and background tasks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::clock;
+use crate::config::Config;
+use crate::db::{Db, Limits};
+use crate::metrics::Metrics;
+use crate::persist::{Persist, PersistConfig, PersistError, RecoveryReport};
+use crate::state::{NodeInfo, NodeState};
+use crate::store::{Origin, OriginTable, Store, StoreConfig};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running node. Dropping the handle does not stop it; call [`NodeHandle::shutdown`].
+pub struct NodeHandle {
+    pub state: Arc<NodeState>,
+    pub http_addr: SocketAddr,
+    pub resp_addr: Option<SocketAddr>,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl NodeHandle {
+    /// Stops accepting requests, lets in-flight ones finish, and syncs the log.
+    pub async fn shutdown(mut self) {
+        self.state.set_ready(false);
+        let _ = self.shutdown_tx.send(true);
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+            tracing::warn!("tasks did not stop within 10s; aborting them");
+            self.tasks.abort_all();
+        }
+        if let Some(persist) = self.state.db.persist().cloned() {
+            match tokio::task::spawn_blocking(move || persist.sync_all()).await {
+                Ok(Ok(())) => tracing::info!("log synced"),
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot sync the log at shutdown"),
+                Err(e) => tracing::error!(error = %e, "log sync task failed"),
+            }
+        }
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Listen { what, addr, source })
+}
+
+fn log_recovery(report: &RecoveryReport) {
+    for c in &report.corruptions {
+        tracing::warn!(
+            file = %c.file.display(), offset = c.offset, skipped_bytes = c.skipped_bytes, reason = %c.reason,
+            "corrupt or torn log tail detected; skipped it and kept every record before it"
+        );
+    }
+    tracing::info!(
+        entries = report.snapshot_records + report.log_records,
+        from_snapshot = report.snapshot_records,
+        from_log = report.log_records,
+        segments = report.segments,
+        corrupt = report.corruptions.len(),
+        elapsed_ms = report.duration.as_millis() as u64,
+        "recovered {} entries in {} ms",
+        report.snapshot_records + report.log_records,
+        report.duration.as_millis()
+    );
+}
+
+/// Starts a node: recovers from `--data-dir`, binds its listeners, starts its
+/// background tasks, and returns once it is ready.
+pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
+    let origins = Arc::new(OriginTable::new(Origin {
+        node_id: config.node_id.as_str().into(),
+        region: config.region.as_str().into(),
+    }));
+    let metrics = Arc::new(Metrics::default());
+    let store = Store::new(
+        StoreConfig {
+            shards: 64,
+            max_memory: config.max_memory,
+            tombstone_retention_ms: config.tombstone_retention_ms,
+        },
+        origins.clone(),
+    );
+    let limits = Limits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
+
+    let mut max_hlc = 0;
+    let (persist, next_seq) = match &config.data_dir {
+        None => (None, 1),
+        Some(dir) => {
+            let persist_config =
+                PersistConfig { dir: dir.clone(), fsync: config.fsync, compact_min_bytes: config.compact_min_bytes };
+            let store_ref = &store;
+            let origins = origins.clone();
+            let metrics = metrics.clone();
+            let (persist, report) = tokio::task::block_in_place(|| {
+                let now = clock::now_ms();
+                Persist::open(persist_config, origins, metrics, |record| {
+                    max_hlc = max_hlc.max(record.version.hlc);
+                    store_ref.apply(record, now);
+                })
+            })?;
+            log_recovery(&report);
+            (Some(Arc::new(persist)), report.next_local_seq)
+        }
+    };
+    let db = Db::new(store, limits, persist, metrics);
+    db.set_next_seq(next_seq);
+    // Versions made after a restart must order after the ones recovered.
+    db.clock().advance_to(max_hlc);
+
+    let state = Arc::new(NodeState::new(
+        db,
+        NodeInfo { node_id: config.node_id.clone(), region: config.region.clone() },
+        config.default_ttl_ms,
+    ));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    let http_listener = bind("http", config.http_addr).await?;
+    let http_addr = http_listener.local_addr().unwrap_or(config.http_addr);
+    let resp_listener = match config.resp_addr {
+        Some(addr) => Some(bind("resp", addr).await?),
+        None => None,
+    };
+    let resp_addr = resp_listener.as_ref().map(|l| l.local_addr().unwrap_or(config.resp_addr.unwrap_or(http_addr)));
+
+    {
+        let mut rx = shutdown_rx.clone();
+        let filter = crate::api::http::http_handlers(state.clone());
+        tasks.spawn(async move {
+            warp::serve(filter)
+                .incoming(http_listener)
+                .graceful(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .run()
+                .await;
+        });
+    }
+    if let Some(listener) = resp_listener {
+        //TMP tasks.spawn(crate::api::resp::serve(listener, state.clone(), shutdown_rx.clone()));
+    }
+    tasks.spawn(sweeper(state.clone(), shutdown_rx.clone()));
+    if state.db.persist().is_some() {
+        tasks.spawn(log_maintenance(state.clone(), shutdown_rx.clone()));
+    }
+
+    state.set_ready(true);
+    tracing::info!(
+        node_id = %config.node_id, region = %config.region, http = %http_addr,
+        resp = %resp_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        data_dir = %config.data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "none (memory only)".into()),
+        "node ready"
+    );
+    Ok(NodeHandle { state, http_addr, resp_addr, shutdown_tx, tasks })
+}
+
+/// Frees expired entries and old tombstones in the background, a slice at a time.
+async fn sweeper(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        // Keep going while a large share of what we look at is expired (like Redis'
+        // active expiry), but yield between rounds.
+        for _ in 0..16 {
+            let freed = state.db.store().sweep(clock::now_ms(), 256);
+            if freed.expired + freed.tombstones < (state.db.store().shard_count() as u64 * 256) / 4 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Syncs the log once a second and compacts it when it has grown.
+async fn log_maintenance(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let Some(persist) = state.db.persist().cloned() else { return };
+        let sync = persist.clone();
+        match tokio::task::spawn_blocking(move || sync.sync_all()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot sync the log"),
+            Err(e) => tracing::error!(error = %e, "log sync task failed"),
+        }
+        if persist.should_compact() {
+            let state = state.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let next_seq = state.db.next_seq();
+                persist.compact(state.db.store(), next_seq)
+            })
+            .await;
+            match result {
+                Ok(Ok(r)) => tracing::info!(
+                    records = r.records,
+                    snapshot_bytes = r.snapshot_bytes,
+                    removed_segments = r.removed_segments,
+                    elapsed_ms = r.duration.as_millis() as u64,
+                    "log compacted into a snapshot"
+                ),
+                Ok(Err(e)) => tracing::error!(error = %e, "log compaction failed; will retry"),
+                Err(e) => tracing::error!(error = %e, "log compaction task failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,593 @@
+//! The in-memory store: entries by key, each with a version and an absolute expiry.
+//!
+//! The store is sharded; each shard keeps its entries densely in a `Vec<Slot>` and
+//! indexes them with a `hashbrown::HashTable<u32>` of positions. The dense vector makes
+//! random sampling (for eviction) and incremental sweeping (for expiry) cheap, and keeps
+//! the per-entry overhead low: one allocation holding key and value, 48 bytes of slot,
+//! and ~5 bytes of index.
+//!
+//! Every mutation goes through [`Store::update`] (a local write: read-modify-write under
+//! the shard lock) or [`Store::apply`] (a write that already has a version, from the log
+//! or from a peer: last-writer-wins). Both are deterministic functions of the versions,
+//! so replaying or receiving writes in any order, any number of times, converges.
+
+mod origin;
+mod value;
+
+use std::cmp::Ordering as CmpOrdering;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hashbrown::HashTable;
+use parking_lot::Mutex;
+
+pub use origin::{Origin, OriginId, OriginTable};
+pub use value::{Encoding, InvalidJson, Value, ValueRef, merge_patch, validate_json};
+
+use crate::clock;
+
+/// Bytes we account per entry beyond its key and value: the slot, its index entry and
+/// the allocator's header. Used for `--max-memory`.
+pub const ENTRY_OVERHEAD: u64 = std::mem::size_of::<Slot>() as u64 + 5 + 16;
+
+const FLAG_RAW: u8 = 1;
+const FLAG_TOMBSTONE: u8 = 2;
+
+/// The version of an entry: an HLC timestamp and the node that made the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Version {
+    pub hlc: u64,
+    pub origin: OriginId,
+}
+
+/// A live entry, as seen inside [`Store::update`].
+#[derive(Debug, Clone, Copy)]
+pub struct Current<'a> {
+    pub value: ValueRef<'a>,
+    pub version: Version,
+    pub expires_at: Option<u64>,
+}
+
+/// A copy of a live entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub value: Value,
+    pub version: Version,
+    pub expires_at: Option<u64>,
+}
+
+/// A versioned write, borrowed: what the log and replication see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    pub key: &'a str,
+    pub version: Version,
+    pub expires_at: Option<u64>,
+    /// `None` is a tombstone (a delete).
+    pub value: Option<ValueRef<'a>>,
+}
+
+/// A versioned write, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub key: String,
+    pub version: Version,
+    pub expires_at: Option<u64>,
+    pub value: Option<Value>,
+}
+
+impl Record {
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            key: &self.key,
+            version: self.version,
+            expires_at: self.expires_at,
+            value: self.value.as_ref().map(Value::as_ref),
+        }
+    }
+}
+
+impl RecordRef<'_> {
+    pub fn to_owned(self) -> Record {
+        Record {
+            key: self.key.to_owned(),
+            version: self.version,
+            expires_at: self.expires_at,
+            value: self.value.map(ValueRef::to_owned),
+        }
+    }
+}
+
+/// What a local write decided after looking at the current entry.
+#[derive(Debug)]
+pub enum Decision<R> {
+    /// Change nothing and answer `R`.
+    Keep(R),
+    /// Write a new version: a value, or a tombstone when `value` is `None`.
+    Write { value: Option<Value>, expires_at: Option<u64>, reply: R },
+}
+
+/// Store settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Number of shards, rounded up to a power of two.
+    pub shards: usize,
+    /// Evict cold entries when the accounted memory exceeds this many bytes.
+    pub max_memory: Option<u64>,
+    /// How long a tombstone is kept after the delete it records.
+    pub tombstone_retention_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { shards: 64, max_memory: None, tombstone_retention_ms: 24 * 3600 * 1000 }
+    }
+}
+
+/// What a sweep or an eviction freed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Freed {
+    pub expired: u64,
+    pub tombstones: u64,
+    pub evicted: u64,
+}
+
+/// Counters kept by the store.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    pub expired: AtomicU64,
+    pub evicted: AtomicU64,
+    pub tombstones_purged: AtomicU64,
+}
+
+/// An entry in a shard: key and value share one allocation.
+struct Slot {
+    data: Box<[u8]>,
+    hlc: u64,
+    /// Absolute expiry in Unix milliseconds; 0 = never.
+    expires_at: u64,
+    origin: u32,
+    /// Last access, in seconds since the Unix epoch (for eviction).
+    access: u32,
+    key_len: u16,
+    flags: u8,
+}
+
+impl Slot {
+    fn key(&self) -> &[u8] {
+        &self.data[..self.key_len as usize]
+    }
+    fn key_str(&self) -> &str {
+        // Keys are only ever built from `&str`.
+        std::str::from_utf8(self.key()).unwrap_or_default()
+    }
+    fn is_tombstone(&self) -> bool {
+        self.flags & FLAG_TOMBSTONE != 0
+    }
+    fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at != 0 && self.expires_at <= now_ms
+    }
+    fn is_live(&self, now_ms: u64) -> bool {
+        !self.is_tombstone() && !self.is_expired(now_ms)
+    }
+    fn version(&self) -> Version {
+        Version { hlc: self.hlc, origin: OriginId(self.origin) }
+    }
+    fn expires_at(&self) -> Option<u64> {
+        (self.expires_at != 0).then_some(self.expires_at)
+    }
+    fn value(&self) -> Option<ValueRef<'_>> {
+        if self.is_tombstone() {
+            return None;
+        }
+        let encoding = if self.flags & FLAG_RAW != 0 { Encoding::Raw } else { Encoding::Json };
+        Some(ValueRef { encoding, bytes: &self.data[self.key_len as usize..] })
+    }
+    fn record(&self) -> RecordRef<'_> {
+        RecordRef { key: self.key_str(), version: self.version(), expires_at: self.expires_at(), value: self.value() }
+    }
+    fn accounted(&self) -> u64 {
+        self.data.len() as u64 + ENTRY_OVERHEAD
+    }
+
+    fn new(key: &str, version: Version, expires_at: Option<u64>, value: Option<ValueRef<'_>>, access: u32) -> Slot {
+        let vbytes = value.map(|v| v.bytes).unwrap_or_default();
+        let mut data = Vec::with_capacity(key.len() + vbytes.len());
+        data.extend_from_slice(key.as_bytes());
+        data.extend_from_slice(vbytes);
+        let flags = match value {
+            None => FLAG_TOMBSTONE,
+            Some(v) if v.encoding == Encoding::Raw => FLAG_RAW,
+            Some(_) => 0,
+        };
+        Slot {
+            data: data.into_boxed_slice(),
+            hlc: version.hlc,
+            expires_at: expires_at.unwrap_or(0),
+            origin: version.origin.0,
+            access,
+            key_len: key.len() as u16,
+            flags,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    index: HashTable<u32>,
+    slots: Vec<Slot>,
+    /// Slots that are not tombstones (expired ones included until swept).
+    live: usize,
+    /// Sweep position.
+    cursor: usize,
+}
+
+impl Shard {
+    fn find(&self, hash: u64, key: &[u8]) -> Option<usize> {
+        let slots = &self.slots;
+        self.index.find(hash, |&i| slots[i as usize].key() == key).map(|&i| i as usize)
+    }
+
+    fn insert(&mut self, hash: u64, slot: Slot, hasher: &impl BuildHasher) {
+        let pos = self.slots.len() as u32;
+        if !slot.is_tombstone() {
+            self.live += 1;
+        }
+        self.slots.push(slot);
+        let slots = &self.slots;
+        self.index.insert_unique(hash, pos, |&i| hasher.hash_one(slots[i as usize].key()));
+    }
+
+    /// Replaces the slot at `pos`; returns the old one.
+    fn replace(&mut self, pos: usize, slot: Slot) -> Slot {
+        let old = std::mem::replace(&mut self.slots[pos], slot);
+        match (old.is_tombstone(), self.slots[pos].is_tombstone()) {
+            (true, false) => self.live += 1,
+            (false, true) => self.live -= 1,
+            _ => {}
+        }
+        old
+    }
+
+    /// Removes the slot at `pos`, moving the last slot into its place.
+    fn remove(&mut self, pos: usize, hasher: &impl BuildHasher) -> Slot {
+        let hash = hasher.hash_one(self.slots[pos].key());
+        if let Ok(entry) = self.index.find_entry(hash, |&i| i as usize == pos) {
+            entry.remove();
+        }
+        let last = self.slots.len() - 1;
+        let slot = self.slots.swap_remove(pos);
+        if pos != last {
+            let moved_hash = hasher.hash_one(self.slots[pos].key());
+            if let Some(i) = self.index.find_mut(moved_hash, |&i| i as usize == last) {
+                *i = pos as u32;
+            }
+        }
+        if !slot.is_tombstone() {
+            self.live -= 1;
+        }
+        slot
+    }
+}
+
+/// The sharded store.
+pub struct Store {
+    shards: Box<[Mutex<Shard>]>,
+    shard_mask: usize,
+    hasher: foldhash::fast::FixedState,
+    used: AtomicU64,
+    evict_cursor: AtomicU64,
+    config: StoreConfig,
+    origins: Arc<OriginTable>,
+    counters: StoreCounters,
+}
+
+fn access_now(now_ms: u64) -> u32 {
+    (now_ms / 1000) as u32
+}
+
+impl Store {
+    pub fn new(config: StoreConfig, origins: Arc<OriginTable>) -> Self {
+        let n = config.shards.max(1).next_power_of_two();
+        Store {
+            shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
+            shard_mask: n - 1,
+            hasher: foldhash::fast::FixedState::with_seed(fastrand::u64(..)),
+            used: AtomicU64::new(0),
+            evict_cursor: AtomicU64::new(0),
+            config,
+            origins,
+            counters: StoreCounters::default(),
+        }
+    }
+
+    pub fn origins(&self) -> &Arc<OriginTable> {
+        &self.origins
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> &StoreCounters {
+        &self.counters
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn locate(&self, key: &str) -> (u64, &Mutex<Shard>) {
+        let hash = self.hasher.hash_one(key.as_bytes());
+        // The shard comes from bits the hash table does not use for small tables
+        // (it uses the low bits for the bucket and the top 7 for its tag).
+        let shard = ((hash >> 32) as usize) & self.shard_mask;
+        (hash, &self.shards[shard])
+    }
+
+    /// Compares two versions: by timestamp, then by origin node id.
+    pub fn cmp_versions(&self, a: Version, b: Version) -> CmpOrdering {
+        a.hlc.cmp(&b.hlc).then_with(|| self.origins.cmp(a.origin, b.origin))
+    }
+
+    /// The live entry at `key`, if any; marks it as recently used.
+    pub fn get(&self, key: &str, now_ms: u64) -> Option<Found> {
+        let (hash, shard) = self.locate(key);
+        let mut s = shard.lock();
+        let pos = s.find(hash, key.as_bytes())?;
+        let slot = &mut s.slots[pos];
+        if !slot.is_live(now_ms) {
+            return None;
+        }
+        slot.access = access_now(now_ms);
+        let value = slot.value()?.to_owned();
+        Some(Found { value, version: slot.version(), expires_at: slot.expires_at() })
+    }
+
+    /// Calls `f` with the live entry at `key` without copying it.
+    pub fn read<R>(&self, key: &str, now_ms: u64, f: impl FnOnce(Option<Current<'_>>) -> R) -> R {
+        let (hash, shard) = self.locate(key);
+        let mut s = shard.lock();
+        let Some(pos) = s.find(hash, key.as_bytes()) else { return f(None) };
+        let slot = &mut s.slots[pos];
+        if !slot.is_live(now_ms) {
+            return f(None);
+        }
+        slot.access = access_now(now_ms);
+        let slot = &s.slots[pos];
+        match slot.value() {
+            Some(value) => f(Some(Current { value, version: slot.version(), expires_at: slot.expires_at() })),
+            None => f(None),
+        }
+    }
+
+    /// A local read-modify-write under the shard lock.
+    ///
+    /// `decide` sees the live entry (or `None`) and decides; when it writes, `stamp`
+    /// gives the new version and `commit` sees the new record — both still under the
+    /// lock, so versions, the store and the log agree on the order of writes to a key.
+    pub fn update<R, C, E>(
+        &self,
+        key: &str,
+        now_ms: u64,
+        decide: impl FnOnce(Option<Current<'_>>) -> Result<Decision<R>, E>,
+        stamp: impl FnOnce() -> Version,
+        commit: impl FnOnce(RecordRef<'_>) -> C,
+    ) -> Result<(R, Option<(Version, C)>), E> {
+        let (hash, shard) = self.locate(key);
+        let mut s = shard.lock();
+        let pos = s.find(hash, key.as_bytes());
+        let current = pos.and_then(|p| {
+            let slot = &s.slots[p];
+            if !slot.is_live(now_ms) {
+                return None;
+            }
+            slot.value().map(|value| Current { value, version: slot.version(), expires_at: slot.expires_at() })
+        });
+        let (value, expires_at, reply) = match decide(current)? {
+            Decision::Keep(reply) => return Ok((reply, None)),
+            Decision::Write { value, expires_at, reply } => (value, expires_at, reply),
+        };
+        let version = stamp();
+        let slot = Slot::new(key, version, expires_at, value.as_ref().map(Value::as_ref), access_now(now_ms));
+        let added = slot.accounted();
+        let pos = match pos {
+            Some(p) => {
+                let old = s.replace(p, slot);
+                self.used.fetch_sub(old.accounted(), Ordering::Relaxed);
+                p
+            }
+            None => {
+                s.insert(hash, slot, &self.hasher);
+                s.slots.len() - 1
+            }
+        };
+        self.used.fetch_add(added, Ordering::Relaxed);
+        let committed = commit(s.slots[pos].record());
+        drop(s);
+        self.enforce_memory_limit(now_ms);
+        Ok((reply, Some((version, committed))))
+    }
+
+    /// Applies a write that already has a version (from the log or a peer):
+    /// last-writer-wins. Returns whether it changed the store.
+    pub fn apply(&self, record: RecordRef<'_>, now_ms: u64) -> bool {
+        let (hash, shard) = self.locate(record.key);
+        let mut s = shard.lock();
+        let pos = s.find(hash, record.key.as_bytes());
+        if let Some(p) = pos
+            && self.cmp_versions(s.slots[p].version(), record.version) != CmpOrdering::Less
+        {
+            return false;
+        }
+        let gone = match record.value {
+            Some(_) => record.expires_at.is_some_and(|at| at <= now_ms),
+            None => clock::physical_ms(record.version.hlc) + self.config.tombstone_retention_ms <= now_ms,
+        };
+        if gone {
+            // Newer than what we hold, but already expired (or a tombstone past its
+            // retention): the key is absent.
+            if let Some(p) = pos {
+                let old = s.remove(p, &self.hasher);
+                self.used.fetch_sub(old.accounted(), Ordering::Relaxed);
+            }
+            return pos.is_some();
+        }
+        let slot = Slot::new(record.key, record.version, record.expires_at, record.value, access_now(now_ms));
+        let added = slot.accounted();
+        match pos {
+            Some(p) => {
+                let old = s.replace(p, slot);
+                self.used.fetch_sub(old.accounted(), Ordering::Relaxed);
+            }
+            None => s.insert(hash, slot, &self.hasher),
+        }
+        self.used.fetch_add(added, Ordering::Relaxed);
+        drop(s);
+        self.enforce_memory_limit(now_ms);
+        true
+    }
+
+    /// Number of keys (tombstones excluded; expired entries count until swept).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().live).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of tombstones held.
+    pub fn tombstones(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock();
+                s.slots.len() - s.live
+            })
+            .sum()
+    }
+
+    /// Bytes accounted to entries (keys, values and per-entry overhead).
+    pub fn memory_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Calls `f` with every record of shard `shard` (live entries and tombstones within
+    /// retention), under that shard's lock.
+    pub fn scan_shard(&self, shard: usize, now_ms: u64, mut f: impl FnMut(RecordRef<'_>)) {
+        let s = self.shards[shard].lock();
+        for slot in &s.slots {
+            if slot.is_expired(now_ms) && !slot.is_tombstone() {
+                continue;
+            }
+            f(slot.record());
+        }
+    }
+
+    /// Frees up to `budget` slots' worth of expired entries and old tombstones in
+    /// every shard, continuing where the previous sweep stopped.
+    pub fn sweep(&self, now_ms: u64, budget: usize) -> Freed {
+        let mut freed = Freed::default();
+        let tombstone_cutoff = now_ms.saturating_sub(self.config.tombstone_retention_ms);
+        for shard in self.shards.iter() {
+            let mut s = shard.lock();
+            let mut seen = 0;
+            while seen < budget && !s.slots.is_empty() {
+                if s.cursor >= s.slots.len() {
+                    s.cursor = 0;
+                }
+                let pos = s.cursor;
+                let slot = &s.slots[pos];
+                let expired = !slot.is_tombstone() && slot.is_expired(now_ms);
+                let stale = slot.is_tombstone() && clock::physical_ms(slot.hlc) < tombstone_cutoff;
+                if expired || stale {
+                    let old = s.remove(pos, &self.hasher);
+                    self.used.fetch_sub(old.accounted(), Ordering::Relaxed);
+                    if expired { freed.expired += 1 } else { freed.tombstones += 1 }
+                    // The last slot moved into `pos`: look at it next.
+                } else {
+                    s.cursor += 1;
+                }
+                seen += 1;
+            }
+        }
+        self.counters.expired.fetch_add(freed.expired, Ordering::Relaxed);
+        self.counters.tombstones_purged.fetch_add(freed.tombstones, Ordering::Relaxed);
+        freed
+    }
+
+    /// Evicts cold entries while the accounted memory exceeds `--max-memory`.
+    /// Eviction is local: it writes no tombstone and is never replicated.
+    ///
+    /// Approximated LRU across shards: each round samples a few entries in each of a
+    /// few random shards and evicts the least recently used of them (an expired one
+    /// wins outright). Tombstones are never evicted: dropping one early could let an
+    /// older write resurrect its key.
+    fn enforce_memory_limit(&self, now_ms: u64) -> Freed {
+        const SHARDS_PER_ROUND: usize = 4;
+        const SAMPLES: usize = 5;
+        let mut freed = Freed::default();
+        let Some(max) = self.config.max_memory else { return freed };
+        let mut fruitless = 0;
+        while self.used.load(Ordering::Relaxed) > max && fruitless < 8 {
+            // (expired, access, shard, position, length of the slot's data)
+            let mut best: Option<(bool, u32, usize, usize, usize)> = None;
+            let first = self.evict_cursor.fetch_add(1, Ordering::Relaxed) as usize;
+            for k in 0..SHARDS_PER_ROUND.min(self.shards.len()) {
+                let i = (first.wrapping_mul(0x9E37_79B9) + k * (self.shards.len() / SHARDS_PER_ROUND).max(1))
+                    & self.shard_mask;
+                let s = self.shards[i].lock();
+                if s.live == 0 {
+                    continue;
+                }
+                let mut found = 0;
+                for _ in 0..SAMPLES * 4 {
+                    let pos = fastrand::usize(..s.slots.len());
+                    let slot = &s.slots[pos];
+                    if slot.is_tombstone() {
+                        continue;
+                    }
+                    let candidate = (slot.is_expired(now_ms), slot.access, i, pos, slot.data.len());
+                    let better = match best {
+                        None => true,
+                        Some((exp, access, ..)) => {
+                            (candidate.0 && !exp) || (candidate.0 == exp && candidate.1 < access)
+                        }
+                    };
+                    if better {
+                        best = Some(candidate);
+                    }
+                    found += 1;
+                    if found == SAMPLES {
+                        break;
+                    }
+                }
+            }
+            let Some((expired, access, shard, pos, len)) = best else {
+                fruitless += 1;
+                continue;
+            };
+            let mut s = self.shards[shard].lock();
+            // The shard may have changed since we sampled it: check the slot is the same.
+            let same = s
+                .slots
+                .get(pos)
+                .is_some_and(|slot| !slot.is_tombstone() && slot.access == access && slot.data.len() == len);
+            if !same {
+                fruitless += 1;
+                continue;
+            }
+            fruitless = 0;
+            let old = s.remove(pos, &self.hasher);
+            self.used.fetch_sub(old.accounted(), Ordering::Relaxed);
+            if expired { freed.expired += 1 } else { freed.evicted += 1 }
+        }
+        self.counters.expired.fetch_add(freed.expired, Ordering::Relaxed);
+        self.counters.evicted.fetch_add(freed.evicted, Ordering::Relaxed);
+        freed
+    }
+}
+
+#[cfg(test)]
+mod tests;
