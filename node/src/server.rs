@@ -105,12 +105,11 @@ pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
             let store_ref = &store;
             let origins = origins.clone();
             let metrics = metrics.clone();
-            let (persist, report) = tokio::task::block_in_place(|| {
-                let now = clock::now_ms();
-                Persist::open(persist_config, origins, metrics, |record| {
-                    max_hlc = max_hlc.max(record.version.hlc);
-                    store_ref.apply(record, now);
-                })
+            // Recovery runs before anything else is scheduled, so blocking here is fine.
+            let now = clock::now_ms();
+            let (persist, report) = Persist::open(persist_config, origins, metrics, |record| {
+                max_hlc = max_hlc.max(record.version.hlc);
+                store_ref.apply(record, now);
             })?;
             log_recovery(&report);
             (Some(Arc::new(persist)), report.next_local_seq)

@@ -376,7 +376,12 @@ impl Persist {
                 }
                 report.corruptions.push(c);
             }
-            log_bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if len <= SEGMENT_MAGIC.len() as u64 {
+                // An empty segment (a start without writes) carries nothing.
+                let _ = fs::remove_file(&path);
+            }
+            log_bytes += len;
         }
         // Segments older than the snapshot are covered by it.
         for &id in segments.iter().filter(|&&id| id < first_segment) {
