@@ -10,8 +10,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::Mutex;
-
 use crate::clock::{self, Hlc};
 use crate::metrics::Metrics;
 use crate::persist::{Lsn, Persist};
@@ -115,11 +113,12 @@ pub struct Db {
 }
 
 /// Orders local writes: hands out per-origin sequence numbers and appends records to
-/// the on-disk log in that order. The replication backlog will hang off it as well.
+/// the on-disk log in that order (with a log, the sequence number is taken under the
+/// log's buffer lock so that log order and sequence order agree). The replication
+/// backlog will hang off it as well.
 struct Journal {
-    next_seq: Mutex<u64>,
+    next_seq: AtomicU64,
     persist: Option<Arc<Persist>>,
-    writes: AtomicU64,
 }
 
 impl Db {
@@ -128,7 +127,7 @@ impl Db {
             store,
             clock: Hlc::new(),
             limits,
-            journal: Journal { next_seq: Mutex::new(1), persist, writes: AtomicU64::new(0) },
+            journal: Journal { next_seq: AtomicU64::new(1), persist },
             metrics,
         }
     }
@@ -153,20 +152,22 @@ impl Db {
         self.journal.persist.as_ref()
     }
 
-    /// Local writes since start.
-    pub fn local_writes(&self) -> u64 {
-        self.journal.writes.load(Ordering::Relaxed)
-    }
-
     /// The sequence number the next local write will get.
     pub fn next_seq(&self) -> u64 {
-        *self.journal.next_seq.lock()
+        match &self.journal.persist {
+            Some(p) => p.next_seq(),
+            None => self.journal.next_seq.load(Ordering::Acquire),
+        }
     }
 
     /// Sets the next local sequence number (after recovery).
     pub fn set_next_seq(&self, seq: u64) {
-        let mut next = self.journal.next_seq.lock();
-        *next = (*next).max(seq);
+        match &self.journal.persist {
+            Some(p) => p.set_next_seq(seq),
+            None => {
+                self.journal.next_seq.fetch_max(seq, Ordering::AcqRel);
+            }
+        }
     }
 
     pub fn check_key(&self, key: &str) -> Result<(), DbError> {
@@ -293,12 +294,12 @@ impl Db {
 impl Journal {
     /// Called under the shard lock of the written key.
     fn append(&self, record: RecordRef<'_>) -> Option<Lsn> {
-        let mut next = self.next_seq.lock();
-        let seq = *next;
-        *next += 1;
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        let lsn = self.persist.as_ref().map(|p| p.append(seq, record));
-        drop(next);
-        lsn
+        match &self.persist {
+            Some(p) => Some(p.append(record)),
+            None => {
+                self.next_seq.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
     }
 }

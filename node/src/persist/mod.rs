@@ -78,6 +78,8 @@ pub enum PersistError {
     WriteSnapshot { path: PathBuf, source: io::Error },
     #[error("cannot write log: {0}")]
     WriteLog(io::Error),
+    #[error("data dir {path} is in use by another process")]
+    Locked { path: PathBuf },
 }
 
 /// A damaged part of a file found during recovery.
@@ -113,6 +115,8 @@ pub struct CompactionReport {
 struct Pending {
     bytes: Vec<u8>,
     appended: Lsn,
+    /// Sequence number of the next local write.
+    next_seq: u64,
 }
 
 struct Writer {
@@ -137,6 +141,8 @@ pub struct Persist {
     log_bytes: AtomicU64,
     last_snapshot_bytes: AtomicU64,
     compaction: Mutex<()>,
+    /// Holds an exclusive lock on `<dir>/LOCK` for the life of the process.
+    _lock: File,
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -290,6 +296,13 @@ impl Persist {
         let dir = config.dir.clone();
         let dir_err = |source| PersistError::DataDir { path: dir.clone(), source };
         fs::create_dir_all(&dir).map_err(dir_err)?;
+        // Two processes appending to one log would corrupt it: refuse to share.
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK")).map_err(dir_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(PersistError::Locked { path: dir.clone() }),
+            Err(fs::TryLockError::Error(e)) => return Err(dir_err(e)),
+        }
         let local = origins.local();
         let mut segments = Vec::new();
         let mut snapshots = Vec::new();
@@ -401,7 +414,11 @@ impl Persist {
             origins,
             local,
             metrics,
-            pending: Mutex::new(Pending { bytes: Vec::with_capacity(64 << 10), appended: 0 }),
+            pending: Mutex::new(Pending {
+                bytes: Vec::with_capacity(64 << 10),
+                appended: 0,
+                next_seq: report.next_local_seq,
+            }),
             writer: Mutex::new(Writer {
                 file: Arc::new(file),
                 segment: next_segment,
@@ -414,6 +431,7 @@ impl Persist {
             log_bytes: AtomicU64::new(log_bytes),
             last_snapshot_bytes: AtomicU64::new(snapshot_bytes),
             compaction: Mutex::new(()),
+            _lock: lock,
         };
         Ok((persist, report))
     }
@@ -429,12 +447,31 @@ impl Persist {
         self.origins.get(id).unwrap_or_else(|| Origin { node_id: "unknown".into(), region: "".into() })
     }
 
-    /// Appends a record to the buffer; returns the position to wait for.
-    pub fn append(&self, seq: u64, record: RecordRef<'_>) -> Lsn {
-        let origin = self.origin_of(record.version.origin);
+    /// The sequence number the next local write will get.
+    pub fn next_seq(&self) -> u64 {
+        self.pending.lock().next_seq
+    }
+
+    pub fn set_next_seq(&self, seq: u64) {
         let mut p = self.pending.lock();
+        p.next_seq = p.next_seq.max(seq);
+    }
+
+    /// Appends a local write to the buffer, numbering it; returns the position to
+    /// wait for.
+    pub fn append(&self, record: RecordRef<'_>) -> Lsn {
+        let remote;
+        let origin = if record.version.origin == OriginId::LOCAL {
+            &self.local
+        } else {
+            remote = self.origin_of(record.version.origin);
+            &remote
+        };
+        let mut p = self.pending.lock();
+        let seq = p.next_seq;
+        p.next_seq += 1;
         let before = p.bytes.len();
-        record::encode(&mut p.bytes, seq, &origin, record);
+        record::encode(&mut p.bytes, seq, origin, record);
         p.appended += (p.bytes.len() - before) as u64;
         p.appended
     }

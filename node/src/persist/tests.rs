@@ -191,3 +191,13 @@ async fn always_fsync_syncs_before_acknowledging() {
     assert!(persist.metrics.log_fsyncs.load(Ordering::Relaxed) >= 1);
     assert_eq!(persist.synced.load(Ordering::Relaxed), persist.written.load(Ordering::Relaxed));
 }
+
+#[test]
+fn a_data_dir_cannot_be_opened_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path(), FsyncPolicy::EverySecond, 1 << 30);
+    let origins = Arc::new(OriginTable::new(Origin { node_id: "eu-1".into(), region: "eu".into() }));
+    let config = PersistConfig { dir: dir.path().to_path_buf(), fsync: FsyncPolicy::EverySecond, compact_min_bytes: 1 };
+    let second = Persist::open(config, origins, Arc::new(Metrics::default()), |_| {});
+    assert!(matches!(second, Err(PersistError::Locked { .. })));
+}

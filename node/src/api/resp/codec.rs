@@ -137,6 +137,11 @@ impl<'a> Args<'a> {
         self.ranges.iter().map(move |r| data.get(r.clone()).unwrap_or_default())
     }
 
+    /// The first `n` arguments (all of them when there are fewer).
+    pub fn prefix(&self, n: usize) -> Args<'a> {
+        Args { data: self.data, ranges: &self.ranges[..n.min(self.ranges.len())] }
+    }
+
     /// Arguments `from..` (empty when `from` is past the end).
     pub fn tail(&self, from: usize) -> Args<'a> {
         Args { data: self.data, ranges: self.ranges.get(from..).unwrap_or_default() }

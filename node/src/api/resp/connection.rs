@@ -1,0 +1,178 @@
+//! One RESP connection: read, execute the pipelined commands, wait for the journal
+//! once per batch, write the replies.
+//!
+//! Durability: a batch's writes are acknowledged only after [`Db::wait_durable`] for the
+//! highest journal position they produced returned. When it fails, none of the batch's
+//! writes may be acknowledged, and replies of reads that ran after a write could show
+//! data that is not durable: every reply from the first command that wrote to the
+//! journal on is replaced by `-ERR persistence failed: ...`, one per command, so the
+//! client still gets exactly one reply per command. The connection stays open (the
+//! client may retry). Replies of commands before the first write are sent as they are.
+//!
+//! [`Db::wait_durable`]: crate::db::Db::wait_durable
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::codec::{Parser, ParserLimits};
+use super::commands::{self, Ctx, Session, Shared};
+use super::reply::Out;
+use crate::persist::Lsn;
+use crate::state::NodeState;
+
+/// Bytes the read buffer keeps free for the next read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Replies are written (after waiting for the journal) once this many bytes piled up,
+/// even in the middle of a batch, to bound the output buffer.
+const FLUSH_AT: usize = 256 * 1024;
+/// A read buffer this large is released once empty.
+const SHRINK_ABOVE: usize = 1024 * 1024;
+
+/// The replies not yet written and the journal positions they wait for.
+#[derive(Debug, Default)]
+struct Pending {
+    /// The highest journal position written.
+    lsn: Option<Lsn>,
+    /// Where in the output the reply of the first command that wrote to the journal
+    /// starts.
+    first_write_at: Option<usize>,
+    /// Commands from that first write on.
+    commands_since_first_write: usize,
+    /// Commands executed.
+    commands: u64,
+}
+
+impl Pending {
+    fn record(&mut self, reply_at: usize, lsn: Option<Lsn>, journaled: u64) {
+        self.commands += 1;
+        if self.first_write_at.is_some() {
+            self.commands_since_first_write += 1;
+        } else if journaled > 0 {
+            self.first_write_at = Some(reply_at);
+            self.commands_since_first_write = 1;
+        }
+        if let Some(lsn) = lsn {
+            self.lsn = Some(self.lsn.map_or(lsn, |cur| cur.max(lsn)));
+        }
+    }
+}
+
+/// Runs a connection until the client leaves, a protocol error, `QUIT` or shutdown.
+pub(super) async fn run<S>(
+    mut stream: S,
+    state: &NodeState,
+    shared: &Shared,
+    mut session: Session,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = state.db.limits();
+    let mut parser = Parser::new(ParserLimits::for_values(limits.max_key_bytes, limits.max_value_bytes));
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = Out::new();
+    let mut pending = Pending::default();
+    let client_id = session.id;
+    loop {
+        let mut close = false;
+        loop {
+            match parser.parse(&rbuf) {
+                Ok(Some(n)) => {
+                    let args = parser.args(&rbuf);
+                    if !args.is_empty() {
+                        let reply_at = out.len();
+                        let mut ctx = Ctx::new(state, shared, &mut session, &mut out);
+                        commands::execute(&mut ctx, args);
+                        let (lsn, journaled) = (ctx.lsn, ctx.journaled);
+                        pending.record(reply_at, lsn, journaled);
+                    }
+                    parser.consume();
+                    rbuf.advance(n);
+                    if session.quit {
+                        close = true;
+                        break;
+                    }
+                    if out.len() >= FLUSH_AT && flush(&mut stream, state, shared, &mut out, &mut pending).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    state.db.metrics().resp_protocol_error();
+                    tracing::debug!(client_id, error = %e, "resp protocol error, closing the connection");
+                    out.error(format!("ERR {e}").as_bytes());
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if flush(&mut stream, state, shared, &mut out, &mut pending).await.is_err() {
+            return;
+        }
+        if close {
+            break;
+        }
+        if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
+            rbuf = BytesMut::with_capacity(READ_CHUNK);
+        }
+        // A frame in progress says how much it still needs (bounded by the limits).
+        rbuf.reserve(parser.needed(rbuf.len()).max(READ_CHUNK));
+        tokio::select! {
+            read = stream.read_buf(&mut rbuf) => match read {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(client_id, error = %e, "resp read failed");
+                    break;
+                }
+            },
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow_and_update() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// Waits for the journal to hold the pending writes, then writes the replies.
+async fn flush<S>(
+    stream: &mut S,
+    state: &NodeState,
+    shared: &Shared,
+    out: &mut Out,
+    pending: &mut Pending,
+) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    let batch = std::mem::take(pending);
+    if batch.commands > 0 {
+        shared.commands_total.fetch_add(batch.commands, std::sync::atomic::Ordering::Relaxed);
+    }
+    if let Some(lsn) = batch.lsn
+        && let Err(e) = state.db.wait_durable(Some(lsn)).await
+    {
+        tracing::warn!(error = %e, commands = batch.commands_since_first_write, "journal failed, refusing the batch's writes");
+        if let Some(at) = batch.first_write_at {
+            out.truncate(at);
+            let msg = format!("ERR persistence failed: {e}");
+            for _ in 0..batch.commands_since_first_write {
+                out.error(msg.as_bytes());
+                state.db.metrics().resp_error();
+            }
+        }
+    }
+    if out.is_empty() {
+        return Ok(());
+    }
+    let written = stream.write_all(out.as_bytes()).await;
+    out.clear();
+    if let Err(e) = &written {
+        tracing::debug!(error = %e, "resp write failed");
+    }
+    written?;
+    stream.flush().await
+}
