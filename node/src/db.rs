@@ -152,6 +152,12 @@ impl Db {
         self.journal.persist.as_ref()
     }
 
+    /// Writes coordinated by this node (its latest sequence number, across restarts
+    /// when the data is persisted).
+    pub fn local_writes(&self) -> u64 {
+        self.next_seq().saturating_sub(1)
+    }
+
     /// The sequence number the next local write will get.
     pub fn next_seq(&self) -> u64 {
         match &self.journal.persist {

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod duration;
+pub mod membership;
 pub mod metrics;
 pub mod persist;
 pub mod server;
@@ -19,5 +20,6 @@ pub mod status;
 pub mod store;
 
 pub use config::Config;
+pub use membership::{PeerEntry, PeersFile};
 pub use server::{NodeHandle, spawn_node};
 pub use status::{Lag, PeerState, PeerStatus, StatusDocument};

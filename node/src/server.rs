@@ -150,7 +150,7 @@ pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
         });
     }
     if let Some(listener) = resp_listener {
-        //TMP tasks.spawn(crate::api::resp::serve(listener, state.clone(), shutdown_rx.clone()));
+        tasks.spawn(crate::api::resp::serve(listener, state.clone(), shutdown_rx.clone()));
     }
     tasks.spawn(sweeper(state.clone(), shutdown_rx.clone()));
     if state.db.persist().is_some() {

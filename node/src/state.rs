@@ -80,7 +80,7 @@ impl NodeState {
             expired_total: load(&counters.expired),
             evicted_total: load(&counters.evicted),
             tombstones_purged_total: load(&counters.tombstones_purged),
-            local_writes_total: self.db.next_seq().saturating_sub(1),
+            local_writes_total: self.db.local_writes(),
         }
     }
 }

@@ -1,4 +1,4 @@
 //! Client interfaces: HTTP/JSON ([`http`]) and the Redis protocol ([`resp`]).
 
 pub mod http;
-//TMP pub mod resp;
+pub mod resp;

@@ -1,0 +1,411 @@
+//! The `GeoCache` custom resource (`geocache.dev/v1alpha1`).
+//!
+//! The API server enforces most rules itself: OpenAPI constraints (types, enums, bounds that
+//! CEL cost estimation needs) plus CEL `x-kubernetes-validations` with messages written for
+//! people. [`crate::validate`] checks the same rules again in Rust, so that an object that
+//! slipped past an older CRD is reported in status instead of being half applied.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, ValidationRule,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the resource.
+pub const GROUP: &str = "geocache.dev";
+/// Finalizer that guards the cleanup of children in member clusters.
+pub const FINALIZER: &str = "geocaches.geocache.dev/cleanup";
+/// Field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "geocache-operator";
+/// Annotation that lets a GeoCache be deleted without cleaning up member clusters.
+pub const ORPHAN_ANNOTATION: &str = "geocache.dev/orphan-remote-resources";
+
+/// Longest GeoCache name plus region name: object names such as
+/// `<name>-<region>-replication` must stay DNS labels (63 characters), and a StatefulSet's
+/// pods carry a `controller-revision-hash` label of `<name>-<region>-<hash>`.
+pub const MAX_COMBINED_NAME_LEN: usize = 50;
+/// Most regions one GeoCache may have (keeps CEL cost estimates bounded).
+pub const MAX_REGIONS: usize = 32;
+/// Longest region name.
+pub const MAX_REGION_NAME_LEN: usize = 40;
+
+/// A geo-distributed cache: one fleet of cache nodes per region, replicating to each other.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "geocache.dev",
+    version = "v1alpha1",
+    kind = "GeoCache",
+    plural = "geocaches",
+    shortname = "gc",
+    namespaced,
+    status = "GeoCacheStatus",
+    derive = "PartialEq",
+    doc = "A geo-distributed JSON cache: one StatefulSet of cache nodes per region, wired to replicate to each other.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready", description = "Regions ready / regions"),
+    printcolumn(name = "Regions", type_ = "string", json_path = ".status.regionNames", description = "Region names"),
+    printcolumn(
+        name = "Max-Lag",
+        type_ = "string",
+        json_path = ".status.maxLag",
+        description = "Highest replication lag any node reports"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GeoCacheSpec {
+    /// Container image of the cache nodes, e.g. `ghcr.io/geocache/geocache-node:0.1.0`.
+    #[schemars(length(max = 512), extend("x-kubernetes-validations" = [
+        {"rule": "self.trim().size() > 0", "message": "image is required (the cache node container image)"}
+    ]))]
+    pub image: String,
+
+    /// Image pull policy of the node container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+
+    /// The regions, each a fleet of nodes in one cluster. Names are unique.
+    #[schemars(length(min = 1, max = 32), extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["name"],
+        "x-kubernetes-validations" = [
+            {"rule": "self.all(r, self.exists_one(o, o.name == r.name))", "message": "region names must be unique"}
+        ]
+    ))]
+    pub regions: Vec<RegionSpec>,
+
+    /// TTL of writes that do not give one, e.g. `1h` or `1h30m` (absent: keys do not expire
+    /// unless the client says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^([0-9]+(ms|s|m|h|d))+$') || self.matches('^[0-9]+$')",
+         "message": "defaultTtl must be a duration such as 30s, 1h or 1h30m (units ms, s, m, h, d)"}
+    ]))]
+    pub default_ttl: Option<String>,
+
+    /// Memory a node may use for entries before it evicts cold ones, e.g. `512mb`. Keep it
+    /// well below the container's memory limit.
+    #[serde(default = "default_max_memory")]
+    #[schemars(length(max = 32), extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^[0-9]+([kKmMgGtT][iI]?[bB]?|[bB])?$')",
+         "message": "maxMemory must be a size such as 512mb or 2gb"}
+    ]))]
+    pub max_memory: String,
+
+    /// On-disk persistence of the nodes (an append-only log on a volume per node).
+    #[serde(default)]
+    pub persistence: Persistence,
+
+    /// Compute resources of every node, unless a region sets its own
+    /// (default: requests 100m CPU and 640Mi memory, limit 768Mi memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Image pull policy.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// One region: a StatefulSet of nodes with its Services, in the operator's cluster or in a
+/// member cluster.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionSpec {
+    /// Region name: a DNS label (lowercase letters, digits and `-`), used in object names.
+    #[schemars(length(max = 40), extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+         "message": "region name must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit"}
+    ]))]
+    pub name: String,
+
+    /// Number of cache nodes in this region (0 stops the region but keeps its Services).
+    #[serde(default = "default_replicas")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self >= 0", "message": "replicas must be 0 or more"},
+        {"rule": "self <= 1000", "message": "replicas must be at most 1000"}
+    ]))]
+    pub replicas: i32,
+
+    /// The member cluster of this region (absent: the operator's own cluster). Its children
+    /// are created in the namespace of the same name as the GeoCache's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterRef>,
+
+    /// Replication endpoint (`host:port`) the other regions use to reach this one, for setups
+    /// that bring their own networking (Multi-Cluster Services, a mesh). Absent: taken from
+    /// this region's replication Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 260), extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\\\\[[0-9A-Fa-f:.]+\\\\]):[0-9]{1,5}$')",
+         "message": "endpoint must be host:port, e.g. geocache-us.example.com:7946"}
+    ]))]
+    pub endpoint: Option<String>,
+
+    /// The Service that exposes this region's replication port to the other regions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ReplicationService>,
+
+    /// Compute resources of this region's nodes (overrides `spec.resources`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Volume of this region's nodes when persistence is on (overrides `spec.persistence`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+
+    /// Node selector of this region's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// Tolerations of this region's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+
+    /// DNS domain of the region's cluster, used in the nodes' stable names.
+    #[serde(default = "default_cluster_domain")]
+    #[schemars(length(max = 253), extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",
+         "message": "clusterDomain must be a DNS name such as cluster.local"}
+    ]))]
+    pub cluster_domain: String,
+}
+
+/// Where a member cluster is: a kubeconfig held in a Secret of the GeoCache's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterRef {
+    pub kubeconfig_secret_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the GeoCache's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(max = 253), extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",
+         "message": "kubeconfigSecretRef.name must be the name of a Secret"}
+    ]))]
+    pub name: String,
+    /// Key of the kubeconfig in the Secret.
+    #[serde(default = "default_kubeconfig_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// The replication Service of a region.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationService {
+    /// Service type: `LoadBalancer` (default), `NodePort`, or `ClusterIP` when every region
+    /// is in one cluster or `endpoint` is set.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Annotations of the Service (for example a cloud's load-balancer settings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Type of the replication Service.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    LoadBalancer,
+    NodePort,
+    ClusterIP,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::LoadBalancer => "LoadBalancer",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::ClusterIP => "ClusterIP",
+        }
+    }
+}
+
+/// On-disk persistence.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Persistence {
+    /// Keep an append-only log on a volume per node, so a restarted node recovers its data.
+    #[serde(default)]
+    pub enabled: bool,
+    /// When to fsync the log.
+    #[serde(default)]
+    pub fsync: Fsync,
+    /// Size of each node's volume.
+    #[serde(default = "default_storage_size")]
+    pub size: Quantity,
+    /// Storage class of the volumes (absent: the cluster's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for Persistence {
+    fn default() -> Self {
+        Persistence {
+            enabled: false,
+            fsync: Fsync::default(),
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// When the node fsyncs its log.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fsync {
+    /// Once a second (a crash loses at most the last second of writes).
+    #[default]
+    EverySecond,
+    /// Before every acknowledgement.
+    Always,
+}
+
+impl Fsync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fsync::EverySecond => "every-second",
+            Fsync::Always => "always",
+        }
+    }
+}
+
+/// A region's volume settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// Size of each node's volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
+    /// Storage class of the volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+/// What the operator observed.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GeoCacheStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Regions ready out of regions, e.g. `2/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
+    /// Region names, comma separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region_names: Option<String>,
+    /// Highest replication lag any node reports, e.g. `35ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag: Option<String>,
+    /// Per region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<RegionStatus>,
+    /// Member clusters the operator has created children in (cleaned up on deletion).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub member_clusters: Vec<ClusterRef>,
+}
+
+/// What the operator observed of one region.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionStatus {
+    pub name: String,
+    /// Nodes wanted.
+    pub replicas: i32,
+    /// Nodes ready.
+    pub ready_replicas: i32,
+    /// Replication endpoint of the region as the other regions reach it (absent while a
+    /// load balancer is being provisioned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The fewest peers any node of the region sees up (absent when no node answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers_up: Option<i64>,
+    /// Highest replication lag, in milliseconds, any node of the region reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag_ms: Option<i64>,
+    /// Why the region is not fully observed, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+fn default_max_memory() -> String {
+    "512mb".to_string()
+}
+
+fn default_storage_size() -> Quantity {
+    Quantity("1Gi".to_string())
+}
+
+fn default_kubeconfig_key() -> String {
+    "kubeconfig".to_string()
+}
+
+fn default_cluster_domain() -> String {
+    "cluster.local".to_string()
+}
+
+/// The rule on the whole object: it sees `metadata.name`, which field rules cannot.
+const NAME_LENGTH_RULE: &str = "self.spec.regions.all(r, size(self.metadata.name) + size(r.name) <= 50)";
+const NAME_LENGTH_MESSAGE: &str = "the GeoCache name and each region name together must be at most 50 characters \
+     (object names such as <name>-<region>-replication must stay DNS labels)";
+
+/// The CustomResourceDefinition, as written to `crds/geocache.yaml`.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = GeoCache::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+            add_root_rules(schema);
+        }
+    }
+    crd
+}
+
+fn add_root_rules(schema: &mut JSONSchemaProps) {
+    let rules = schema.x_kubernetes_validations.get_or_insert_with(Vec::new);
+    rules.push(ValidationRule {
+        rule: NAME_LENGTH_RULE.to_string(),
+        message: Some(NAME_LENGTH_MESSAGE.to_string()),
+        ..ValidationRule::default()
+    });
+}
+
+/// The CRD as YAML, with a header saying how it was made.
+pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
+    let body = serde_saphyr::to_string(&crd())?;
+    Ok(format!(
+        "# Generated by `cargo run -p geocache-operator --bin crdgen > crds/geocache.yaml`; do not edit.\n---\n{body}"
+    ))
+}
