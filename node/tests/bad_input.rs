@@ -20,8 +20,23 @@ struct BadRequest {
     code: &'static str,
 }
 
-fn bad(what: &'static str, method: Method, target: impl Into<String>, body: impl Into<Vec<u8>>, status: u16, code: &'static str) -> BadRequest {
-    BadRequest { what, method, target: target.into(), headers: vec![("content-type", "application/json")], body: body.into(), status, code }
+fn bad(
+    what: &'static str,
+    method: Method,
+    target: impl Into<String>,
+    body: impl Into<Vec<u8>>,
+    status: u16,
+    code: &'static str,
+) -> BadRequest {
+    BadRequest {
+        what,
+        method,
+        target: target.into(),
+        headers: vec![("content-type", "application/json")],
+        body: body.into(),
+        status,
+        code,
+    }
 }
 
 fn with_headers(mut r: BadRequest, headers: Vec<(&'static str, &'static str)>) -> BadRequest {
@@ -30,6 +45,65 @@ fn with_headers(mut r: BadRequest, headers: Vec<(&'static str, &'static str)>) -
 }
 
 const SEED: &str = r#"{"seed":true,"n":1}"#;
+
+/// Sends `case`; returns what went wrong (empty when the node answered the expected
+/// error and nothing changed).
+async fn check_bad_request(http: &Http, case: &BadRequest, etag: &str, expires: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut req = http.request(case.method.clone(), &case.target).body(case.body.clone());
+    for (name, value) in &case.headers {
+        req = req.header(*name, *value);
+    }
+    let r = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return vec![format!("request failed: {e}")],
+    };
+    let status = r.status().as_u16();
+    let content_type = header(&r, "content-type").unwrap_or_default();
+    let text = r.text().await.unwrap_or_default();
+    let shown: String = text.chars().take(300).collect();
+    if status != case.status {
+        problems.push(format!("expected status {} ({}), got {status} with body {shown:?}", case.status, case.code));
+    }
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(body) => {
+            if body["error"]["code"] != case.code {
+                problems.push(format!("expected error.code {:?}, body {shown}", case.code));
+            }
+            if body["error"]["message"].as_str().is_none_or(|m| m.trim().is_empty()) {
+                problems.push(format!("error.message missing or empty: {shown}"));
+            }
+            if !content_type.starts_with("application/json") {
+                problems.push(format!("error Content-Type is {content_type:?}"));
+            }
+        }
+        Err(e) => problems.push(format!("error body is not JSON ({e}): {shown:?}")),
+    }
+
+    // Nothing changed.
+    let r = http.get("k").await;
+    if r.status().as_u16() != 200 {
+        problems.push(format!("k is gone: GET k answered {}", r.status()));
+    }
+    if header(&r, "etag").as_deref() != Some(etag) {
+        problems.push(format!("k was rewritten: ETag {:?}, was {etag:?}", header(&r, "etag")));
+    }
+    if header(&r, "x-geocache-expires-at").as_deref() != Some(expires) {
+        problems.push(format!("k's expiry changed: {:?}, was {expires:?}", header(&r, "x-geocache-expires-at")));
+    }
+    let body = r.bytes().await.unwrap_or_default();
+    if body.as_ref() != SEED.as_bytes() {
+        problems.push(format!("k's value changed to {:?}", String::from_utf8_lossy(&body)));
+    }
+    if http.get("fresh").await.status().as_u16() != 404 {
+        problems.push("the key \"fresh\" was created".to_string());
+    }
+    let keys = http.keys().await;
+    if keys != 2 {
+        problems.push(format!("the key count changed from 2 to {keys}"));
+    }
+    problems
+}
 
 #[tokio::test]
 async fn bad_http_requests_get_a_4xx_with_a_json_error_body_and_change_nothing() {
@@ -70,7 +144,10 @@ async fn bad_http_requests_get_a_4xx_with_a_json_error_body_and_change_nothing()
             ),
             bad("ack=bogus", Method::PUT, format!("{k}?ack=bogus"), "{}", 400, "invalid_ack"),
             bad("ack=bogus on a new key", Method::PUT, format!("{fresh}?ack=bogus"), "{}", 400, "invalid_ack"),
-            with_headers(bad("text/plain PUT", Method::PUT, &k, "{}", 415, "unsupported_media_type"), vec![("content-type", "text/plain")]),
+            with_headers(
+                bad("text/plain PUT", Method::PUT, &k, "{}", 415, "unsupported_media_type"),
+                vec![("content-type", "text/plain")],
+            ),
             with_headers(
                 bad("form PUT", Method::PUT, &k, "a=1", 415, "unsupported_media_type"),
                 vec![("content-type", "application/x-www-form-urlencoded")],
@@ -80,7 +157,10 @@ async fn bad_http_requests_get_a_4xx_with_a_json_error_body_and_change_nothing()
                 vec![("content-type", "text/html; charset=utf-8")],
             ),
             bad("PATCH with application/json", Method::PATCH, &k, r#"{"a":1}"#, 415, "unsupported_media_type"),
-            with_headers(bad("PATCH without Content-Type", Method::PATCH, &k, r#"{"a":1}"#, 415, "unsupported_media_type"), vec![]),
+            with_headers(
+                bad("PATCH without Content-Type", Method::PATCH, &k, r#"{"a":1}"#, 415, "unsupported_media_type"),
+                vec![],
+            ),
             with_headers(
                 bad("PATCH with invalid JSON", Method::PATCH, &k, "{oops", 400, "invalid_json"),
                 vec![("content-type", "application/merge-patch+json")],
@@ -93,28 +173,41 @@ async fn bad_http_requests_get_a_4xx_with_a_json_error_body_and_change_nothing()
                 bad("PATCH with ack=bogus", Method::PATCH, format!("{k}?ack=maybe"), r#"{"a":1}"#, 400, "invalid_ack"),
                 vec![("content-type", "application/merge-patch+json")],
             ),
-            with_headers(bad("expire without ttl", Method::POST, format!("{k}/expire"), "", 400, "invalid_ttl"), vec![]),
-            with_headers(bad("expire ttl=abc", Method::POST, format!("{k}/expire?ttl=abc"), "", 400, "invalid_ttl"), vec![]),
-            with_headers(bad("expire ttl=1q", Method::POST, format!("{k}/expire?ttl=1q"), "", 400, "invalid_ttl"), vec![]),
+            with_headers(
+                bad("expire without ttl", Method::POST, format!("{k}/expire"), "", 400, "invalid_ttl"),
+                vec![],
+            ),
+            with_headers(
+                bad("expire ttl=abc", Method::POST, format!("{k}/expire?ttl=abc"), "", 400, "invalid_ttl"),
+                vec![],
+            ),
+            with_headers(
+                bad("expire ttl=1q", Method::POST, format!("{k}/expire?ttl=1q"), "", 400, "invalid_ttl"),
+                vec![],
+            ),
         ];
 
+        // Every case is checked, and every failure is reported at the end; a case that
+        // changed the store is followed by a re-seed so the next case starts clean.
+        let (mut etag, mut expires) = (etag, expires);
+        let mut failures = Vec::new();
         for case in cases {
-            let mut req = http.request(case.method.clone(), &case.target).body(case.body.clone());
-            for (name, value) in &case.headers {
-                req = req.header(*name, *value);
+            let problems = check_bad_request(&http, &case, &etag, &expires).await;
+            if !problems.is_empty() {
+                failures.push(format!("{}:\n    {}", case.what, problems.join("\n    ")));
+                let _ = http.delete("fresh").await;
+                http.put_ok("k", "?ttl=1h", SEED).await;
+                let r = http.get("k").await;
+                etag = header(&r, "etag").unwrap();
+                expires = header(&r, "x-geocache-expires-at").unwrap();
             }
-            let r = req.send().await.unwrap_or_else(|e| panic!("{}: {e}", case.what));
-            expect_error(case.what, r, case.status, case.code).await;
-
-            // Nothing changed.
-            let r = http.get("k").await;
-            assert_eq!(r.status().as_u16(), 200, "{}: k still there", case.what);
-            assert_eq!(header(&r, "etag").as_ref(), Some(&etag), "{}: k not rewritten", case.what);
-            assert_eq!(header(&r, "x-geocache-expires-at").as_ref(), Some(&expires), "{}: expiry unchanged", case.what);
-            assert_eq!(r.bytes().await.unwrap().as_ref(), SEED.as_bytes(), "{}: value unchanged", case.what);
-            assert_eq!(http.get("fresh").await.status().as_u16(), 404, "{}: nothing created", case.what);
-            assert_eq!(http.keys().await, 2, "{}: key count unchanged", case.what);
         }
+        assert!(
+            failures.is_empty(),
+            "{} bad request(s) not handled as the contract says:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
         assert_eq!(http.get_path("/healthz").await.status().as_u16(), 200);
     })
     .await;
@@ -163,7 +256,10 @@ async fn bad_redis_commands_get_an_err_reply_change_nothing_and_the_connection_s
             vec!["JSON.SET", "k", "$", &big_doc],
         ];
         for args in &cases {
-            let shown: Vec<String> = args.iter().map(|a| if a.len() > 40 { format!("<{} bytes>", a.len()) } else { a.to_string() }).collect();
+            let shown: Vec<String> = args
+                .iter()
+                .map(|a| if a.len() > 40 { format!("<{} bytes>", a.len()) } else { a.to_string() })
+                .collect();
             let reply = c.cmd(args).unwrap_or_else(|e| panic!("{shown:?}: the connection must stay open: {e}"));
             match &reply {
                 Frame::Error(e) => assert!(e.starts_with("ERR"), "{shown:?}: -ERR ..., got -{e}"),
@@ -174,6 +270,17 @@ async fn bad_redis_commands_get_an_err_reply_change_nothing_and_the_connection_s
             assert_eq!(c.cmd(&["TTL", "k"]).unwrap(), Frame::Integer(-1), "{shown:?}: no expiry added");
             assert_eq!(c.cmd(&["DBSIZE"]).unwrap(), Frame::Integer(1), "{shown:?}: nothing created");
         }
+        // JSON must be UTF-8 (RFC 8259): a JSON string holding invalid UTF-8 is not a document.
+        let reply = c.cmd(&[&b"JSON.SET"[..], b"k", b"$", b"\"\xff\xfe\""]).unwrap();
+        assert!(
+            matches!(&reply, Frame::Error(e) if e.starts_with("ERR")),
+            "JSON.SET of invalid UTF-8: -ERR ..., got {reply:?}"
+        );
+        assert_eq!(
+            c.cmd(&["GET", "k"]).unwrap(),
+            Frame::Bulk(b"seed".to_vec()),
+            "JSON.SET of invalid UTF-8 changes nothing"
+        );
     })
     .await;
 }
@@ -199,8 +306,16 @@ async fn malformed_resp_frames_get_an_err_reply_then_the_connection_is_closed_wh
             let text = String::from_utf8_lossy(&reply);
             assert!(text.starts_with("-ERR"), "{what}: -ERR ..., got {text:?}");
             assert!(closed, "{what}: the node closes the connection after a protocol error (got {text:?})");
-            assert_eq!(bystander.cmd(&["PING"]).unwrap(), Frame::Simple("PONG".into()), "{what}: other connections keep working");
-            assert_eq!(node.resp_conn().cmd(&["GET", "k"]).unwrap(), Frame::Bulk(b"v".to_vec()), "{what}: new connections work");
+            assert_eq!(
+                bystander.cmd(&["PING"]).unwrap(),
+                Frame::Simple("PONG".into()),
+                "{what}: other connections keep working"
+            );
+            assert_eq!(
+                node.resp_conn().cmd(&["GET", "k"]).unwrap(),
+                Frame::Bulk(b"v".to_vec()),
+                "{what}: new connections work"
+            );
         }
         assert_eq!(bystander.cmd(&["DBSIZE"]).unwrap(), Frame::Integer(1));
         assert_eq!(node.get("/healthz").status, 200);
@@ -223,7 +338,11 @@ async fn random_bytes_on_the_redis_port_get_errors_or_a_closed_connection_and_th
             let _ = c.send_raw(&bytes); // the node may close early; that is fine
             let _ = c.stream().shutdown(Shutdown::Write);
             let (reply, closed) = c.read_until_closed(Duration::from_secs(10));
-            assert!(reply.is_empty() || reply.starts_with(b"-"), "seed {seed}: only error replies, got {:?}", String::from_utf8_lossy(&reply));
+            assert!(
+                reply.is_empty() || reply.starts_with(b"-"),
+                "seed {seed}: only error replies, got {:?}",
+                String::from_utf8_lossy(&reply)
+            );
             assert!(closed, "seed {seed}: the connection is closed once the client is done");
             assert_eq!(bystander.cmd(&["PING"]).unwrap(), Frame::Simple("PONG".into()), "seed {seed}: node still up");
         }
@@ -329,4 +448,35 @@ async fn half_sent_requests_do_not_block_other_clients_on_either_port() {
         assert_eq!(node.get("/healthz").status, 200);
     })
     .await;
+}
+
+#[test]
+fn bad_flags_make_the_node_exit_with_an_error_that_names_the_flag() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--max-memory", "lots"], "max-memory"),
+        (&["--default-ttl", "5x"], "default-ttl"),
+        (&["--fsync", "sometimes"], "fsync"),
+        (&["--region", "eu west"], "region"),
+        (&["--resp-addr", "nowhere"], "resp-addr"),
+        (&["--max-value-bytes", "huge"], "max-value-bytes"),
+        (&["--data-dir", "/proc/geocache-cannot-be-here"], "/proc/geocache-cannot-be-here"),
+    ];
+    for (args, flag) in cases {
+        let mut all = vec![
+            "--node-id",
+            "bad-flags",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--resp-addr",
+            "off",
+            "--peer-addr",
+            "127.0.0.1:0",
+        ];
+        all.extend_from_slice(args);
+        let out = geocache_tests::run_node_to_exit(bin(), &all, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: the node must refuse to start; stderr: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: the error names {flag}; stderr: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: an error, not a panic; stderr: {stderr}");
+    }
 }

@@ -42,7 +42,8 @@ async fn get_returns_the_document_byte_for_byte_with_etag_origin_region_and_no_e
     let node = start_with(NodeOptions::new().region("eu-west"));
     within(MIN, async {
         let http = Http::new(&node);
-        let doc = "{ \"b\" : [1, 2.50, \"x\", 1e3],\n  \"a\": {\"nested\": true, \"n\": null}, \"u\": \"\\u00e9 é 🦀\" }";
+        let doc =
+            "{ \"b\" : [1, 2.50, \"x\", 1e3],\n  \"a\": {\"nested\": true, \"n\": null}, \"u\": \"\\u00e9 é 🦀\" }";
         let put = http.put_ok("doc", "", doc).await;
         let version = put["version"].as_str().unwrap().to_string();
 
@@ -110,7 +111,11 @@ async fn put_with_a_ttl_returns_expires_at_in_rfc3339_with_milliseconds_and_get_
         let r = http.get("session").await;
         assert_eq!(r.status().as_u16(), 200);
         let h = header(&r, "x-geocache-expires-at").expect("X-Geocache-Expires-At is set");
-        assert_eq!(parse_rfc3339_ms(&h), Some(ms), "X-Geocache-Expires-At {h} is the expires_at of the PUT {expires_at}");
+        assert_eq!(
+            parse_rfc3339_ms(&h),
+            Some(ms),
+            "X-Geocache-Expires-At {h} is the expires_at of the PUT {expires_at}"
+        );
     })
     .await;
 }
@@ -162,7 +167,8 @@ async fn patch_applies_a_json_merge_patch_and_keeps_the_existing_expiry() {
         let put = http.put_ok("cfg", "?ttl=1h", r#"{"a":"b","c":{"d":"e","f":"g"},"list":[1,2]}"#).await;
         let expires_at = put["expires_at"].as_str().unwrap().to_string();
 
-        let r = http.patch("cfg", "", "application/merge-patch+json", r#"{"a":"z","c":{"f":null,"h":1},"list":[3]}"#).await;
+        let r =
+            http.patch("cfg", "", "application/merge-patch+json", r#"{"a":"z","c":{"f":null,"h":1},"list":[3]}"#).await;
         assert_eq!(r.status().as_u16(), 200, "PATCH of an existing key");
         let patched: Json = r.json().await.unwrap();
         let version = patched["version"].as_str().expect("PATCH answers the new version").to_string();
@@ -250,7 +256,11 @@ async fn post_expire_sets_clears_and_expires_now_and_rejects_a_missing_or_malfor
         let r = http.get("k").await;
         assert_eq!(r.status().as_u16(), 200);
         assert_eq!(header(&r, "x-geocache-expires-at"), None);
-        assert_ne!(header(&r, "etag"), Some(format!("\"{v_put}\"")), "changing the expiry is a write with a new version");
+        assert_ne!(
+            header(&r, "etag"),
+            Some(format!("\"{v_put}\"")),
+            "changing the expiry is a write with a new version"
+        );
 
         expect_error("expire without ttl", http.expire("k", "").await, 400, "invalid_ttl").await;
         expect_error("expire ttl=abc", http.expire("k", "?ttl=abc").await, 400, "invalid_ttl").await;
@@ -443,6 +453,31 @@ async fn concurrent_writes_to_one_key_leave_exactly_one_of_them_with_its_version
         let distinct: std::collections::HashSet<_> = versions.iter().map(|(_, v)| v).collect();
         assert_eq!(distinct.len(), versions.len(), "every write got its own version");
         assert_eq!(http.keys().await, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn size_limits_and_the_default_ttl_can_be_set_by_flags_or_geocache_environment_variables() {
+    let node = start_with(
+        NodeOptions::new()
+            .args(["--max-key-bytes", "8"])
+            .env("GEOCACHE_MAX_VALUE_BYTES", "1kb")
+            .env("GEOCACHE_DEFAULT_TTL", "45s"),
+    );
+    within(MIN, async {
+        let http = Http::new(&node);
+        assert_eq!(http.put("12345678", "", "1").await.status().as_u16(), 201, "an 8-byte key fits --max-key-bytes 8");
+        expect_error("9-byte key", http.put("123456789", "", "1").await, 400, "key_too_long").await;
+        let fits = format!("\"{}\"", "v".repeat(1022));
+        assert_eq!(http.put("fits", "", &fits).await.status().as_u16(), 201, "1 KiB fits GEOCACHE_MAX_VALUE_BYTES=1kb");
+        let too_big = format!("\"{}\"", "v".repeat(1023));
+        expect_error("1 KiB + 1 value", http.put("big", "", &too_big).await, 413, "value_too_large").await;
+        let before = now_unix_ms();
+        let put = http.put_ok("ttl", "", "{}").await;
+        let after = now_unix_ms();
+        let at = put["expires_at"].as_str().unwrap_or_else(|| panic!("GEOCACHE_DEFAULT_TTL applies: {put}"));
+        assert_expiry_near("GEOCACHE_DEFAULT_TTL=45s", rfc3339_millis_utc("expires_at", at), before, after, 45_000);
     })
     .await;
 }

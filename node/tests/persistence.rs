@@ -186,13 +186,7 @@ async fn write_mixed_workload(http: &Http, con: &mut Con) -> Workload {
     let _: () = con.set("r:last", "the last write").await.unwrap();
     model.insert("r:last".into(), Some(b"the last write".to_vec()));
 
-    Workload {
-        model,
-        etags,
-        long_ttl,
-        persisted: vec!["h:persisted".into(), "r:persisted".into()],
-        short_ttl_acked,
-    }
+    Workload { model, etags, long_ttl, persisted: vec!["h:persisted".into(), "r:persisted".into()], short_ttl_acked }
 }
 
 /// Checks the node's state against what the workload acknowledged.
@@ -218,7 +212,10 @@ async fn assert_workload_recovered(node: &NodeProcess, w: &Workload, what: &str)
         let pttl: i64 = cmd(&mut con, &["PTTL", key]).await;
         let now = now_unix_ms();
         assert!(pttl > 0, "{what}: {key:?} keeps its expiry, PTTL {pttl}");
-        assert!(now + pttl as u64 <= at + 1500 && now + pttl as u64 + 1500 >= *at, "{what}: {key:?} expires at {at}, PTTL {pttl}");
+        assert!(
+            now + pttl as u64 <= at + 1500 && now + pttl as u64 + 1500 >= *at,
+            "{what}: {key:?} expires at {at}, PTTL {pttl}"
+        );
     }
     let r = http.get("h:long").await;
     let h = header(&r, "x-geocache-expires-at").expect("h:long keeps X-Geocache-Expires-At");
@@ -509,6 +506,38 @@ async fn the_log_is_compacted_into_snapshots_so_that_it_does_not_grow_without_bo
             assert_eq!(v, Some(value(ROUNDS - 1, k)), "the latest value of hot:{k} after compaction and kill -9");
         }
         assert_eq!(Http::new(&node).keys().await, 10);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_second_node_cannot_open_a_data_dir_that_a_running_node_uses() {
+    let mut node = start_with(NodeOptions::new().persistent());
+    within(MIN, async {
+        Http::new(&node).put_ok("k", "", r#"{"owner":"first"}"#).await;
+        let dir = node.data_dir().unwrap().to_string_lossy().into_owned();
+        let args = [
+            "--node-id",
+            "intruder",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--resp-addr",
+            "off",
+            "--peer-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+            &dir,
+        ];
+        let out = geocache_tests::run_node_to_exit(bin(), &args, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "the second node must refuse the data dir in use; stderr: {stderr}");
+        assert!(stderr.contains(&dir), "the error names the data dir; stderr: {stderr}");
+        assert!(!stderr.contains("panicked"), "an error, not a panic: {stderr}");
+        // The first node is unharmed, and after a crash its lock is released.
+        assert_eq!(Http::new(&node).get_body("k").await.unwrap(), br#"{"owner":"first"}"#);
+        node.kill();
+        node.restart();
+        assert_eq!(Http::new(&node).get_body("k").await.unwrap(), br#"{"owner":"first"}"#);
     })
     .await;
 }

@@ -90,7 +90,8 @@ fn redis_cli_json_set_and_json_get_handle_whole_documents() {
     assert_eq!(cli(&node, &["JSON.SET", "doc", "$", &doc.to_string()]), "OK\n");
     let got: Json = serde_json::from_str(cli(&node, &["JSON.GET", "doc"]).trim_end()).expect("JSON.GET answers JSON");
     assert_eq!(got, doc);
-    let got: Json = serde_json::from_str(cli(&node, &["JSON.GET", "doc", "$"]).trim_end()).expect("JSON.GET $ answers JSON");
+    let got: Json =
+        serde_json::from_str(cli(&node, &["JSON.GET", "doc", "$"]).trim_end()).expect("JSON.GET $ answers JSON");
     assert_eq!(got, json!([doc]), "JSON.GET k $ is [doc]");
     let over_http = node.get(&key_path("doc"));
     assert_eq!(over_http.status, 200);
@@ -146,6 +147,46 @@ fn redis_cli_reports_an_unknown_command_as_an_error_and_the_node_keeps_serving()
     assert_eq!(cli(&node, &["PING"]), "PONG\n");
 }
 
+#[test]
+fn redis_benchmark_runs_set_and_get_against_the_node_without_errors() {
+    let node = start();
+    let mut bench = std::process::Command::new("redis-benchmark");
+    bench.args(["-h", &node.resp_addr().ip().to_string(), "-p", &node.resp_addr().port().to_string()]);
+    bench.args(["-t", "set,get", "-n", "5000", "-P", "16", "-c", "8", "-q"]);
+    let out = match geocache_tests::run_with_timeout(&mut bench, None, Duration::from_secs(120)) {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("redis-benchmark not found: run the README's test command, which installs redis-tools")
+        }
+        Err(e) => panic!("redis-benchmark: {e}"),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "redis-benchmark exited {}: {stdout}\n{stderr}", out.status);
+    for test in ["SET", "GET"] {
+        assert!(
+            stdout
+                .split(['\r', '\n'])
+                .map(str::trim)
+                .any(|l| l.starts_with(&format!("{test}: ")) && l.contains("requests per second")),
+            "redis-benchmark reports {test}: {stdout}\n{stderr}"
+        );
+    }
+    assert!(!stdout.contains("ERR") && !stderr.contains("ERR"), "no errors: {stdout}\n{stderr}");
+    let keys = node.status_doc()["keys"].as_u64().unwrap();
+    assert!(keys >= 1, "redis-benchmark's SETs landed ({keys} keys)");
+}
+
+#[test]
+fn with_resp_addr_off_no_redis_port_is_opened_and_http_still_works() {
+    let node = start_with(NodeOptions::new().resp(false));
+    let refused = std::net::TcpStream::connect_timeout(&node.resp_addr(), Duration::from_secs(2));
+    assert!(refused.is_err(), "nothing listens on the Redis address when --resp-addr off");
+    let r = node.http("PUT", &key_path("k"), &[("Content-Type", "application/json")], b"{\"ok\":1}");
+    assert_eq!(r.status, 201);
+    assert_eq!(node.get(&key_path("k")).body, b"{\"ok\":1}");
+}
+
 // ---------------------------------------------------------------------------------
 // The redis crate
 // ---------------------------------------------------------------------------------
@@ -155,18 +196,33 @@ async fn pipelines_return_every_reply_in_order() {
     let node = start();
     within(MIN, async {
         let mut con = redis_conn(&node).await;
-        let (s1, s2, a, b, missing, deleted, exists): (String, String, String, String, Option<String>, i64, i64) = redis::pipe()
-            .cmd("SET").arg("a").arg("x")
-            .cmd("SET").arg("b").arg("y")
-            .cmd("GET").arg("a")
-            .cmd("GET").arg("b")
-            .cmd("GET").arg("nope")
-            .cmd("DEL").arg("a").arg("nope")
-            .cmd("EXISTS").arg("a").arg("b")
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        assert_eq!((s1.as_str(), s2.as_str(), a.as_str(), b.as_str(), missing, deleted, exists), ("OK", "OK", "x", "y", None, 1, 1));
+        let (s1, s2, a, b, missing, deleted, exists): (String, String, String, String, Option<String>, i64, i64) =
+            redis::pipe()
+                .cmd("SET")
+                .arg("a")
+                .arg("x")
+                .cmd("SET")
+                .arg("b")
+                .arg("y")
+                .cmd("GET")
+                .arg("a")
+                .cmd("GET")
+                .arg("b")
+                .cmd("GET")
+                .arg("nope")
+                .cmd("DEL")
+                .arg("a")
+                .arg("nope")
+                .cmd("EXISTS")
+                .arg("a")
+                .arg("b")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+        assert_eq!(
+            (s1.as_str(), s2.as_str(), a.as_str(), b.as_str(), missing, deleted, exists),
+            ("OK", "OK", "x", "y", None, 1, 1)
+        );
 
         let mut pipe = redis::pipe();
         for i in 0..1000 {
@@ -340,11 +396,18 @@ async fn json_set_json_get_and_json_del_work_on_whole_documents() {
         assert_eq!(serde_json::from_str::<Json>(&got).unwrap(), serde_json::from_str::<Json>(doc).unwrap());
         let got: String = cmd(&mut con, &["JSON.GET", "d", "$"]).await;
         assert_eq!(serde_json::from_str::<Json>(&got).unwrap(), json!([serde_json::from_str::<Json>(doc).unwrap()]));
-        assert_eq!(http.get_body("d").await.map(|b| serde_json::from_slice::<Json>(&b).unwrap()), Some(serde_json::from_str(doc).unwrap()));
+        assert_eq!(
+            http.get_body("d").await.map(|b| serde_json::from_slice::<Json>(&b).unwrap()),
+            Some(serde_json::from_str(doc).unwrap())
+        );
 
         cmd_err(&mut con, &["JSON.SET", "d", "$", "{not json"]).await;
         let got: String = cmd(&mut con, &["JSON.GET", "d"]).await;
-        assert_eq!(serde_json::from_str::<Json>(&got).unwrap(), serde_json::from_str::<Json>(doc).unwrap(), "refused JSON.SET changes nothing");
+        assert_eq!(
+            serde_json::from_str::<Json>(&got).unwrap(),
+            serde_json::from_str::<Json>(doc).unwrap(),
+            "refused JSON.SET changes nothing"
+        );
 
         assert_eq!(cmd::<i64>(&mut con, &["JSON.DEL", "d"]).await, 1);
         assert_eq!(cmd::<i64>(&mut con, &["JSON.DEL", "d"]).await, 0);
@@ -439,6 +502,31 @@ async fn a_string_written_over_resp_reads_over_http_as_a_json_string_and_json_st
 }
 
 #[tokio::test]
+async fn a_resp_value_with_invalid_utf8_reads_back_byte_for_byte_and_as_valid_json_over_http() {
+    let node = start();
+    within(MIN, async {
+        let mut con = redis_conn(&node).await;
+        let http = Http::new(&node);
+        // JSON look-alikes that are not JSON (JSON text is UTF-8, RFC 8259), and plain bytes.
+        let values: [&[u8]; 4] = [b"\"\xff\xfe\"", b"[\"\xc3\"]", b"{\"k\":\"\xed\xa0\x80\"}", b"\xff plain"];
+        for (i, value) in values.iter().enumerate() {
+            let key = format!("v{i}");
+            let _: () = con.set(&key, *value).await.unwrap();
+            let back: Vec<u8> = con.get(&key).await.unwrap();
+            assert_eq!(&back[..], *value, "RESP GET {key} is byte for byte");
+            let body = http.get_body(&key).await.expect("readable over HTTP");
+            assert!(
+                serde_json::from_slice::<Json>(&body).is_ok(),
+                "HTTP GET {key} (written as {:?}) must be valid JSON, got {:?}",
+                String::from_utf8_lossy(value),
+                String::from_utf8_lossy(&body)
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_json_document_written_over_http_reads_byte_for_byte_over_resp() {
     let node = start();
     within(MIN, async {
@@ -519,7 +607,7 @@ fn sync_redis(node: &NodeProcess) -> redis::Connection {
 #[test]
 fn any_key_and_json_document_round_trips_byte_for_byte_over_http_and_resp() {
     let node = start();
-    let mut con = sync_redis(&node);
+    let con = std::cell::RefCell::new(sync_redis(&node));
     proptest!(proptest_config(48), |(key in "\\PC{1,40}", doc in arb_json(), pretty in any::<bool>())| {
         let body = if pretty { serde_json::to_string_pretty(&doc).unwrap() } else { doc.to_string() };
         let r = node.http("PUT", &key_path(&key), &[("Content-Type", "application/json")], body.as_bytes());
@@ -527,7 +615,7 @@ fn any_key_and_json_document_round_trips_byte_for_byte_over_http_and_resp() {
         let r = node.get(&key_path(&key));
         prop_assert_eq!(r.status, 200);
         prop_assert_eq!(r.text(), body.clone());
-        let over_resp: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query(&mut con).unwrap();
+        let over_resp: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query(&mut *con.borrow_mut()).unwrap();
         prop_assert_eq!(over_resp.map(|b| String::from_utf8_lossy(&b).into_owned()), Some(body));
     });
 }
@@ -535,10 +623,10 @@ fn any_key_and_json_document_round_trips_byte_for_byte_over_http_and_resp() {
 #[test]
 fn any_byte_string_written_over_resp_reads_back_byte_for_byte_and_as_json_over_http() {
     let node = start();
-    let mut con = sync_redis(&node);
+    let con = std::cell::RefCell::new(sync_redis(&node));
     proptest!(proptest_config(64), |(key in "[a-z0-9:]{1,20}", value in prop::collection::vec(any::<u8>(), 0..300))| {
-        let _: () = redis::cmd("SET").arg(&key).arg(&value[..]).query(&mut con).unwrap();
-        let back: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut con).unwrap();
+        let _: () = redis::cmd("SET").arg(&key).arg(&value[..]).query(&mut *con.borrow_mut()).unwrap();
+        let back: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut *con.borrow_mut()).unwrap();
         prop_assert_eq!(&back, &value);
         let r = node.get(&key_path(&key));
         prop_assert_eq!(r.status, 200);

@@ -147,7 +147,7 @@ struct Slot {
     /// Absolute expiry in Unix milliseconds; 0 = never.
     expires_at: u64,
     origin: u32,
-    /// Last access, in seconds since the Unix epoch (for eviction).
+    /// Last access, in milliseconds since the store started, wrapping (for eviction).
     access: u32,
     key_len: u16,
     flags: u8,
@@ -280,13 +280,18 @@ pub struct Store {
     config: StoreConfig,
     origins: Arc<OriginTable>,
     counters: StoreCounters,
-}
-
-fn access_now(now_ms: u64) -> u32 {
-    (now_ms / 1000) as u32
+    /// Wall-clock ms when the store started: the origin of access times.
+    started_ms: u64,
 }
 
 impl Store {
+    /// Access time of `now_ms`: ms since the store started, wrapping after ~49 days
+    /// (ages are compared with wrapping arithmetic, so only entries untouched for
+    /// longer than that look younger than they are).
+    fn access_now(&self, now_ms: u64) -> u32 {
+        now_ms.wrapping_sub(self.started_ms) as u32
+    }
+
     pub fn new(config: StoreConfig, origins: Arc<OriginTable>) -> Self {
         let n = config.shards.max(1).next_power_of_two();
         Store {
@@ -298,6 +303,7 @@ impl Store {
             config,
             origins,
             counters: StoreCounters::default(),
+            started_ms: clock::now_ms(),
         }
     }
 
@@ -339,7 +345,7 @@ impl Store {
         if !slot.is_live(now_ms) {
             return None;
         }
-        slot.access = access_now(now_ms);
+        slot.access = self.access_now(now_ms);
         let value = slot.value()?.to_owned();
         Some(Found { value, version: slot.version(), expires_at: slot.expires_at() })
     }
@@ -353,7 +359,7 @@ impl Store {
         if !slot.is_live(now_ms) {
             return f(None);
         }
-        slot.access = access_now(now_ms);
+        slot.access = self.access_now(now_ms);
         let slot = &s.slots[pos];
         match slot.value() {
             Some(value) => f(Some(Current { value, version: slot.version(), expires_at: slot.expires_at() })),
@@ -389,7 +395,7 @@ impl Store {
             Decision::Write { value, expires_at, reply } => (value, expires_at, reply),
         };
         let version = stamp();
-        let slot = Slot::new(key, version, expires_at, value.as_ref().map(Value::as_ref), access_now(now_ms));
+        let slot = Slot::new(key, version, expires_at, value.as_ref().map(Value::as_ref), self.access_now(now_ms));
         let added = slot.accounted();
         let pos = match pos {
             Some(p) => {
@@ -433,7 +439,7 @@ impl Store {
             }
             return pos.is_some();
         }
-        let slot = Slot::new(record.key, record.version, record.expires_at, record.value, access_now(now_ms));
+        let slot = Slot::new(record.key, record.version, record.expires_at, record.value, self.access_now(now_ms));
         let added = slot.accounted();
         match pos {
             Some(p) => {
@@ -531,12 +537,13 @@ impl Store {
         let Some(max) = self.config.max_memory else { return freed };
         let mut fruitless = 0;
         while self.used.load(Ordering::Relaxed) > max && fruitless < 8 {
-            // (expired, access, shard, position, length of the slot's data)
-            let mut best: Option<(bool, u32, usize, usize, usize)> = None;
+            // (expired, age, hlc, shard, position, access): the oldest access wins,
+            // and among equal accesses the oldest write.
+            let now_tick = self.access_now(now_ms);
+            let mut best: Option<(bool, u32, u64, usize, usize, u32)> = None;
             let first = self.evict_cursor.fetch_add(1, Ordering::Relaxed) as usize;
             for k in 0..SHARDS_PER_ROUND.min(self.shards.len()) {
-                let i = (first.wrapping_mul(0x9E37_79B9) + k * (self.shards.len() / SHARDS_PER_ROUND).max(1))
-                    & self.shard_mask;
+                let i = (first.wrapping_mul(0x9E37_79B9) + k * (self.shards.len() / SHARDS_PER_ROUND).max(1)) & self.shard_mask;
                 let s = self.shards[i].lock();
                 if s.live == 0 {
                     continue;
@@ -548,11 +555,13 @@ impl Store {
                     if slot.is_tombstone() {
                         continue;
                     }
-                    let candidate = (slot.is_expired(now_ms), slot.access, i, pos, slot.data.len());
+                    let age = now_tick.wrapping_sub(slot.access);
+                    let candidate = (slot.is_expired(now_ms), age, slot.hlc, i, pos, slot.access);
                     let better = match best {
                         None => true,
-                        Some((exp, access, ..)) => {
-                            (candidate.0 && !exp) || (candidate.0 == exp && candidate.1 < access)
+                        Some((exp, best_age, best_hlc, ..)) => {
+                            (candidate.0 && !exp)
+                                || (candidate.0 == exp && (age > best_age || (age == best_age && slot.hlc < best_hlc)))
                         }
                     };
                     if better {
@@ -564,16 +573,14 @@ impl Store {
                     }
                 }
             }
-            let Some((expired, access, shard, pos, len)) = best else {
+            let Some((expired, _, hlc, shard, pos, access)) = best else {
                 fruitless += 1;
                 continue;
             };
             let mut s = self.shards[shard].lock();
             // The shard may have changed since we sampled it: check the slot is the same.
-            let same = s
-                .slots
-                .get(pos)
-                .is_some_and(|slot| !slot.is_tombstone() && slot.access == access && slot.data.len() == len);
+            let same =
+                s.slots.get(pos).is_some_and(|slot| !slot.is_tombstone() && slot.access == access && slot.hlc == hlc);
             if !same {
                 fruitless += 1;
                 continue;

@@ -46,7 +46,9 @@ pub struct InvalidJson(pub String);
 
 /// Checks that `bytes` hold exactly one JSON document, without building it.
 pub fn validate_json(bytes: &[u8]) -> Result<(), InvalidJson> {
-    serde_json::from_slice::<IgnoredAny>(bytes).map(|_| ()).map_err(|e| InvalidJson(e.to_string()))
+    // serde_json does not check the UTF-8 of strings it skips: check it first.
+    let text = std::str::from_utf8(bytes).map_err(|e| InvalidJson(format!("not utf-8: {e}")))?;
+    serde_json::from_str::<IgnoredAny>(text).map(|_| ()).map_err(|e| InvalidJson(e.to_string()))
 }
 
 impl Value {
@@ -161,6 +163,12 @@ mod tests {
         assert_eq!(&*v.as_ref().to_json_bytes(), b"\"\"");
         let v = Value::from_resp(b"{not json");
         assert_eq!(v.encoding, Encoding::Raw);
+    }
+
+    #[test]
+    fn json_with_invalid_utf8_inside_a_string_is_refused() {
+        assert!(Value::json(&b"\"\xff\xfe\""[..]).is_err());
+        assert_eq!(Value::from_resp(b"\"\xff\xfe\"").encoding, Encoding::Raw);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Shared helpers of the node's black-box tests: every test starts its own
 //! `geocache-node` process on a random loopback address (see `geocache-tests`).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::future::Future;
 use std::path::Path;
@@ -111,7 +111,10 @@ impl Http {
 
     /// `POST /v1/keys/{key}/expire{query}`.
     pub async fn expire(&self, key: &str, query: &str) -> reqwest::Response {
-        self.request(reqwest::Method::POST, &format!("{}/expire{query}", key_path(key))).send().await.expect("POST expire")
+        self.request(reqwest::Method::POST, &format!("{}/expire{query}", key_path(key)))
+            .send()
+            .await
+            .expect("POST expire")
     }
 
     pub async fn get_path(&self, target: &str) -> reqwest::Response {
@@ -142,9 +145,11 @@ pub async fn expect_error(what: &str, r: reqwest::Response, status: u16, code: &
     let content_type = r.headers().get("content-type").map(|v| v.to_str().unwrap_or("").to_string());
     let text = r.text().await.expect("error body");
     assert_eq!(got, status, "{what}: expected status {status} ({code}), got {got} with body {text:?}");
-    let body: Json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: error body is not JSON ({e}): {text:?}"));
+    let body: Json =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: error body is not JSON ({e}): {text:?}"));
     assert_eq!(body["error"]["code"], code, "{what}: error code; body {text}");
-    let message = body["error"]["message"].as_str().unwrap_or_else(|| panic!("{what}: error.message is not a string: {text}"));
+    let message =
+        body["error"]["message"].as_str().unwrap_or_else(|| panic!("{what}: error.message is not a string: {text}"));
     assert!(!message.trim().is_empty(), "{what}: error.message is empty: {text}");
     assert!(
         content_type.as_deref().is_some_and(|c| c.starts_with("application/json")),

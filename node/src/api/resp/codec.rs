@@ -364,25 +364,26 @@ fn split_inline(line: &[u8], out: &mut Vec<u8>, ranges: &mut Vec<Range<usize>>) 
             };
             if in_double {
                 match c {
-                    b'\\' if line.get(i + 1) == Some(&b'x')
-                        && line.get(i + 2).and_then(|&b| hex_value(b)).is_some()
-                        && line.get(i + 3).and_then(|&b| hex_value(b)).is_some() =>
-                    {
-                        let hi = hex_value(line[i + 2]).unwrap_or(0);
-                        let lo = hex_value(line[i + 3]).unwrap_or(0);
-                        out.push(hi * 16 + lo);
-                        i += 3;
-                    }
-                    b'\\' if i + 1 < line.len() => {
-                        i += 1;
-                        out.push(match line[i] {
-                            b'n' => b'\n',
-                            b'r' => b'\r',
-                            b't' => b'\t',
-                            b'b' => 0x08,
-                            b'a' => 0x07,
-                            other => other,
-                        });
+                    b'\\' => {
+                        let hex = |at: usize| line.get(at).and_then(|&b| hex_value(b));
+                        match (line.get(i + 1), hex(i + 2), hex(i + 3)) {
+                            (Some(b'x'), Some(hi), Some(lo)) => {
+                                out.push(hi * 16 + lo);
+                                i += 3;
+                            }
+                            (Some(&escaped), _, _) => {
+                                out.push(match escaped {
+                                    b'n' => b'\n',
+                                    b'r' => b'\r',
+                                    b't' => b'\t',
+                                    b'b' => 0x08,
+                                    b'a' => 0x07,
+                                    other => other,
+                                });
+                                i += 1;
+                            }
+                            (None, _, _) => out.push(b'\\'),
+                        }
                     }
                     b'"' => {
                         // The closing quote must be followed by a space or the end.
@@ -447,8 +448,10 @@ mod tests {
         ParserLimits { max_bulk: 100, max_args: 10, max_inline: 50, max_frame: 1000 }
     }
 
+    type Command = Vec<Vec<u8>>;
+
     /// Parses every complete frame of `input`; returns the commands and the bytes left.
-    fn parse_all(parser: &mut Parser, input: &[u8]) -> Result<(Vec<Vec<Vec<u8>>>, usize), ProtocolError> {
+    fn parse_all(parser: &mut Parser, input: &[u8]) -> Result<(Vec<Command>, usize), ProtocolError> {
         let mut buf = input.to_vec();
         let mut commands = Vec::new();
         while let Some(n) = parser.parse(&buf)? {
@@ -530,9 +533,11 @@ mod tests {
     #[test]
     fn inline_commands_understand_quotes_and_escapes() {
         let mut p = Parser::new(ParserLimits::default());
-        let (cmds, _) =
-            parse_all(&mut p, b"SET \"a key\" 'it\\'s' \"x\\x41\\n\\\"\" \"\"\r\n").unwrap();
-        assert_eq!(cmds, vec![vec![b"SET".to_vec(), b"a key".to_vec(), b"it's".to_vec(), b"xA\n\"".to_vec(), Vec::new()]]);
+        let (cmds, _) = parse_all(&mut p, b"SET \"a key\" 'it\\'s' \"x\\x41\\n\\\"\" \"\"\r\n").unwrap();
+        assert_eq!(
+            cmds,
+            vec![vec![b"SET".to_vec(), b"a key".to_vec(), b"it's".to_vec(), b"xA\n\"".to_vec(), Vec::new()]]
+        );
     }
 
     #[test]

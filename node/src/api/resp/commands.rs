@@ -254,8 +254,11 @@ pub fn execute(ctx: &mut Ctx<'_>, args: Args<'_>) {
         }
         Some(spec) => {
             metrics.resp_command(spec.name);
-            let result =
-                if arity_ok(spec.arity, args.len()) { (spec.run)(ctx, args) } else { Err(CommandError::arity(spec.name)) };
+            let result = if arity_ok(spec.arity, args.len()) {
+                (spec.run)(ctx, args)
+            } else {
+                Err(CommandError::arity(spec.name))
+            };
             if let Err(CommandError(msg)) = result {
                 ctx.out.error(msg.as_bytes());
             }
@@ -306,6 +309,11 @@ fn int_arg(arg: &[u8]) -> Result<i64, CommandError> {
 fn is(arg: &[u8], word: &str) -> bool {
     arg.eq_ignore_ascii_case(word.as_bytes())
 }
+
+/// The latest expiry accepted (the end of year 9999, in Unix milliseconds). Redis
+/// accepts any `i64`; expiries are also shown as RFC 3339 timestamps (over HTTP), which
+/// end there.
+const MAX_EXPIRY_MS: i64 = 253_402_300_799_999;
 
 /// The current time, in the same milliseconds expiries are kept in.
 fn now_ms() -> i64 {
@@ -468,7 +476,11 @@ fn client(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
     let sub = args.get(1);
     let argc = args.len();
     let sub_arity = |name: &str, ok: bool| {
-        if ok { Ok(()) } else { Err(CommandError::owned(format!("ERR wrong number of arguments for 'client|{name}' command"))) }
+        if ok {
+            Ok(())
+        } else {
+            Err(CommandError::owned(format!("ERR wrong number of arguments for 'client|{name}' command")))
+        }
     };
     if is(sub, "setname") {
         sub_arity("setname", argc == 3)?;
@@ -493,8 +505,9 @@ fn client(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
         sub_arity("setinfo", argc == 4)?;
         let (attr, value) = (args.get(2), args.get(3));
         if is(attr, "lib-name") {
-            validate_client_name(value)
-                .map_err(|_| CommandError::new("ERR lib-name cannot contain spaces, newlines or special characters."))?;
+            validate_client_name(value).map_err(|_| {
+                CommandError::new("ERR lib-name cannot contain spaces, newlines or special characters.")
+            })?;
             ctx.session.lib_name = (!value.is_empty()).then(|| value.to_vec());
         } else if is(attr, "lib-ver") {
             validate_client_name(value)
@@ -514,21 +527,24 @@ fn client(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
         }
         ctx.out.ok();
     } else if is(sub, "help") {
-        help(ctx.out, &[
-            "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-            "GETNAME",
-            "    Return the name of the current connection.",
-            "ID",
-            "    Return the ID of the current connection.",
-            "INFO",
-            "    Return information about the current client connection.",
-            "SETNAME <name>",
-            "    Assign the name <name> to the current connection.",
-            "SETINFO <LIB-NAME|LIB-VER> <value>",
-            "    Set client meta attributes.",
-            "HELP",
-            "    Print this help.",
-        ]);
+        help(
+            ctx.out,
+            &[
+                "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "GETNAME",
+                "    Return the name of the current connection.",
+                "ID",
+                "    Return the ID of the current connection.",
+                "INFO",
+                "    Return information about the current client connection.",
+                "SETNAME <name>",
+                "    Assign the name <name> to the current connection.",
+                "SETINFO <LIB-NAME|LIB-VER> <value>",
+                "    Set client meta attributes.",
+                "HELP",
+                "    Print this help.",
+            ],
+        );
     } else {
         return Err(CommandError::unknown_subcommand(sub, "CLIENT"));
     }
@@ -553,7 +569,12 @@ fn config_params(ctx: &Ctx<'_>) -> Vec<(&'static str, String)> {
         ("maxmemory-policy", "allkeys-lru".to_string()),
         ("databases", "1".to_string()),
         ("timeout", "0".to_string()),
-        ("proto-max-bulk-len", super::codec::ParserLimits::for_values(db.limits().max_key_bytes, db.limits().max_value_bytes).max_bulk.to_string()),
+        (
+            "proto-max-bulk-len",
+            super::codec::ParserLimits::for_values(db.limits().max_key_bytes, db.limits().max_value_bytes)
+                .max_bulk
+                .to_string(),
+        ),
         ("port", ctx.shared.port.to_string()),
     ]
 }
@@ -581,13 +602,16 @@ fn config(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
             String::from_utf8_lossy(sub).to_ascii_uppercase()
         )))
     } else if is(sub, "help") {
-        help(ctx.out, &[
-            "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-            "GET <pattern>",
-            "    Return parameters matching the glob-like <pattern> and their values.",
-            "HELP",
-            "    Print this help.",
-        ]);
+        help(
+            ctx.out,
+            &[
+                "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "GET <pattern>",
+                "    Return parameters matching the glob-like <pattern> and their values.",
+                "HELP",
+                "    Print this help.",
+            ],
+        );
         Ok(())
     } else {
         Err(CommandError::unknown_subcommand(sub, "CONFIG"))
@@ -617,17 +641,20 @@ fn command(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
             ctx.out.bulk(name.as_bytes());
         }
     } else if is(sub, "help") {
-        help(ctx.out, &[
-            "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-            "(no subcommand)",
-            "    Return an empty array.",
-            "COUNT",
-            "    Return the number of commands of this server.",
-            "LIST",
-            "    Return the names of the commands of this server.",
-            "HELP",
-            "    Print this help.",
-        ]);
+        help(
+            ctx.out,
+            &[
+                "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "(no subcommand)",
+                "    Return an empty array.",
+                "COUNT",
+                "    Return the number of commands of this server.",
+                "LIST",
+                "    Return the names of the commands of this server.",
+                "HELP",
+                "    Print this help.",
+            ],
+        );
     } else {
         return Err(CommandError::unknown_subcommand(sub, "COMMAND"));
     }
@@ -639,7 +666,8 @@ fn info(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
     let wanted = |section: &str| {
         args.len() == 1
             || args.iter().skip(1).any(|a| {
-                is(a, section) || ((is(a, "default") || is(a, "all") || is(a, "everything")) && DEFAULT.contains(&section))
+                is(a, section)
+                    || ((is(a, "default") || is(a, "all") || is(a, "everything")) && DEFAULT.contains(&section))
             })
     };
     let state = ctx.state;
@@ -791,7 +819,8 @@ fn resolve_set_expiry(arg: &[u8], unit_ms: i64, relative: bool, command: &str) -
         return Err(CommandError::invalid_expire(command));
     }
     let ms = v.checked_mul(unit_ms).ok_or_else(|| CommandError::invalid_expire(command))?;
-    if relative { ms.checked_add(now_ms()).ok_or_else(|| CommandError::invalid_expire(command)) } else { Ok(ms) }
+    let at = if relative { ms.checked_add(now_ms()) } else { Some(ms) };
+    at.filter(|&at| at <= MAX_EXPIRY_MS).ok_or_else(|| CommandError::invalid_expire(command))
 }
 
 /// Writes `value` at `key` under `condition` with `expiry`; when `get` the old value
@@ -824,7 +853,11 @@ fn set_value(
             SetExpiry::Default => default.resolve(None),
             SetExpiry::Keep => Expiry::Keep.resolve(current.as_ref()),
             SetExpiry::At(at) if at <= now => {
-                return Ok(if exists { Decision::Write { value: None, expires_at: None, reply: true } } else { Decision::Keep(true) });
+                return Ok(if exists {
+                    Decision::Write { value: None, expires_at: None, reply: true }
+                } else {
+                    Decision::Keep(true)
+                });
             }
             SetExpiry::At(at) => Some(at as u64),
         };
@@ -869,7 +902,10 @@ fn set(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
             get = true;
         } else if is(opt, "keepttl") && !has_expiry {
             keep_ttl = true;
-        } else if !has_expiry && i + 1 < args.len() && (is(opt, "ex") || is(opt, "px") || is(opt, "exat") || is(opt, "pxat")) {
+        } else if !has_expiry
+            && i + 1 < args.len()
+            && (is(opt, "ex") || is(opt, "px") || is(opt, "exat") || is(opt, "pxat"))
+        {
             let unit = if is(opt, "ex") || is(opt, "exat") { 1000 } else { 1 };
             let relative = is(opt, "ex") || is(opt, "px");
             expire = Some((args.get(i + 1), unit, relative));
@@ -927,7 +963,7 @@ fn mget(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
 }
 
 fn mset(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
-    if args.len() % 2 == 0 {
+    if args.len().is_multiple_of(2) {
         return Err(CommandError::arity("mset"));
     }
     let pairs = args.tail(1);
@@ -1051,6 +1087,7 @@ fn expire_generic(ctx: &mut Ctx<'_>, args: Args<'_>, unit_ms: i64, relative: boo
     let when = v
         .checked_mul(unit_ms)
         .and_then(|ms| if relative { ms.checked_add(now) } else { Some(ms) })
+        .filter(|&when| when <= MAX_EXPIRY_MS)
         .ok_or_else(|| CommandError::invalid_expire(command))?;
     let key = ctx.key(args.get(1))?;
     let written = ctx
@@ -1519,7 +1556,11 @@ fn json_set(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
             Ok(Decision::Write { value: Some(value), expires_at, reply: true })
         })
         .map_err(CommandError::db)?;
-    if ctx.note(written) { ctx.out.ok() } else { ctx.out.null() }
+    if ctx.note(written) {
+        ctx.out.ok()
+    } else {
+        ctx.out.null()
+    }
     Ok(())
 }
 
@@ -1562,7 +1603,11 @@ fn json_type(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
         _ => return Err(CommandError::syntax()),
     };
     let key = ctx.key(args.get(1))?;
-    let name = ctx.state.db.read(key, |cur| cur.map(|c| json_type_name(c.value.encoding, c.value.bytes))).map_err(CommandError::db)?;
+    let name = ctx
+        .state
+        .db
+        .read(key, |cur| cur.map(|c| json_type_name(c.value.encoding, c.value.bytes)))
+        .map_err(CommandError::db)?;
     match (name, dollar) {
         (None, false) => ctx.out.null(),
         (None, true) => ctx.out.array(0),

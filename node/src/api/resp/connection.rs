@@ -74,8 +74,20 @@ pub(super) async fn run<S>(
     let mut out = Out::new();
     let mut pending = Pending::default();
     let client_id = session.id;
+    // One long-lived future rather than a new `changed()` per read: registering with
+    // the watch channel on every request would contend across connections.
+    let shutdown_requested = async move {
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                // The sender is gone: the node is going away.
+                break;
+            }
+        }
+    };
+    tokio::pin!(shutdown_requested);
     loop {
         let mut close = false;
+        let mut protocol_error = None;
         loop {
             match parser.parse(&rbuf) {
                 Ok(Some(n)) => {
@@ -93,7 +105,8 @@ pub(super) async fn run<S>(
                         close = true;
                         break;
                     }
-                    if out.len() >= FLUSH_AT && flush(&mut stream, state, shared, &mut out, &mut pending).await.is_err() {
+                    if out.len() >= FLUSH_AT && flush(&mut stream, state, shared, &mut out, &mut pending).await.is_err()
+                    {
                         return;
                     }
                 }
@@ -101,7 +114,7 @@ pub(super) async fn run<S>(
                 Err(e) => {
                     state.db.metrics().resp_protocol_error();
                     tracing::debug!(client_id, error = %e, "resp protocol error, closing the connection");
-                    out.error(format!("ERR {e}").as_bytes());
+                    protocol_error = Some(e);
                     close = true;
                     break;
                 }
@@ -109,6 +122,13 @@ pub(super) async fn run<S>(
         }
         if flush(&mut stream, state, shared, &mut out, &mut pending).await.is_err() {
             return;
+        }
+        if let Some(e) = protocol_error {
+            // After the replies of the commands before it (which `flush` may refuse).
+            out.error(format!("ERR {e}").as_bytes());
+            if flush(&mut stream, state, shared, &mut out, &mut pending).await.is_err() {
+                return;
+            }
         }
         if close {
             break;
@@ -119,6 +139,7 @@ pub(super) async fn run<S>(
         // A frame in progress says how much it still needs (bounded by the limits).
         rbuf.reserve(parser.needed(rbuf.len()).max(READ_CHUNK));
         tokio::select! {
+            biased;
             read = stream.read_buf(&mut rbuf) => match read {
                 Ok(0) => break,
                 Ok(_) => {}
@@ -127,14 +148,21 @@ pub(super) async fn run<S>(
                     break;
                 }
             },
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow_and_update() {
-                    break;
-                }
-            }
+            () = &mut shutdown_requested => break,
         }
     }
     let _ = stream.shutdown().await;
+}
+
+/// Replaces every reply from the first command that wrote to the journal on by the
+/// error `msg`; returns how many replies were replaced.
+fn refuse_unacknowledged(out: &mut Out, batch: &Pending, msg: &str) -> usize {
+    let Some(at) = batch.first_write_at else { return 0 };
+    out.truncate(at);
+    for _ in 0..batch.commands_since_first_write {
+        out.error(msg.as_bytes());
+    }
+    batch.commands_since_first_write
 }
 
 /// Waits for the journal to hold the pending writes, then writes the replies.
@@ -156,13 +184,9 @@ where
         && let Err(e) = state.db.wait_durable(Some(lsn)).await
     {
         tracing::warn!(error = %e, commands = batch.commands_since_first_write, "journal failed, refusing the batch's writes");
-        if let Some(at) = batch.first_write_at {
-            out.truncate(at);
-            let msg = format!("ERR persistence failed: {e}");
-            for _ in 0..batch.commands_since_first_write {
-                out.error(msg.as_bytes());
-                state.db.metrics().resp_error();
-            }
+        let refused = refuse_unacknowledged(out, &batch, &format!("ERR persistence failed: {e}"));
+        for _ in 0..refused {
+            state.db.metrics().resp_error();
         }
     }
     if out.is_empty() {
@@ -175,4 +199,61 @@ where
     }
     written?;
     stream.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_journal_refuses_every_reply_from_the_first_write_on() {
+        let mut out = Out::new();
+        let mut pending = Pending::default();
+        // A read before any write.
+        let at = out.len();
+        out.null();
+        pending.record(at, None, 0);
+        // A journaled write.
+        let at = out.len();
+        out.ok();
+        pending.record(at, Some(7), 1);
+        // A read that may show the unacknowledged write, and a write that wrote nothing.
+        let at = out.len();
+        out.bulk(b"v");
+        pending.record(at, None, 0);
+        let at = out.len();
+        out.int(0);
+        pending.record(at, None, 0);
+        assert_eq!(pending.lsn, Some(7));
+        assert_eq!(pending.commands, 4);
+        let refused = refuse_unacknowledged(&mut out, &pending, "ERR persistence failed: disk full");
+        assert_eq!(refused, 3);
+        assert_eq!(
+            String::from_utf8_lossy(out.as_bytes()),
+            "$-1\r\n-ERR persistence failed: disk full\r\n-ERR persistence failed: disk full\r\n\
+             -ERR persistence failed: disk full\r\n"
+        );
+    }
+
+    #[test]
+    fn a_batch_without_journaled_writes_refuses_nothing() {
+        let mut out = Out::new();
+        out.ok();
+        let mut pending = Pending::default();
+        pending.record(0, None, 0);
+        assert_eq!(refuse_unacknowledged(&mut out, &pending, "ERR x"), 0);
+        assert_eq!(out.as_bytes(), b"+OK\r\n");
+        assert_eq!(pending.lsn, None);
+    }
+
+    #[test]
+    fn the_highest_journal_position_of_a_batch_is_awaited() {
+        let mut pending = Pending::default();
+        pending.record(0, Some(5), 1);
+        pending.record(5, Some(9), 2);
+        pending.record(10, Some(3), 1);
+        assert_eq!(pending.lsn, Some(9));
+        assert_eq!(pending.first_write_at, Some(0));
+        assert_eq!(pending.commands_since_first_write, 3);
+    }
 }

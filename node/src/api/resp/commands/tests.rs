@@ -177,6 +177,11 @@ fn set_with_a_non_positive_or_non_integer_expiry_is_refused() {
     assert_eq!(h.run(&["SET", "k", "v", "EX", "ten"]), "-ERR value is not an integer or out of range\r\n");
     assert_eq!(h.run(&["SET", "k", "v", "EX", "1.5"]), "-ERR value is not an integer or out of range\r\n");
     assert_eq!(h.run(&["EXISTS", "k"]), ":0\r\n");
+    // Past the end of year 9999 (expiries must be printable as RFC 3339 timestamps).
+    assert_eq!(h.run(&["SET", "k", "v", "PXAT", "253402300800000"]), "-ERR invalid expire time in 'set' command\r\n");
+    assert_eq!(h.run(&["SET", "k", "v", "PXAT", "253402300799999"]), OK);
+    assert_eq!(h.run(&["EXPIREAT", "k", "253402300800"]), "-ERR invalid expire time in 'expireat' command\r\n");
+    assert_eq!(h.run(&["PEXPIREAT", "k", "253402300799999"]), ":1\r\n");
 }
 
 #[test]
@@ -320,7 +325,10 @@ fn expire_with_incompatible_or_unknown_options_is_refused() {
         h.run(&["EXPIRE", "k", "10", "NX", "XX"]),
         "-ERR NX and XX, GT or LT options at the same time are not compatible\r\n"
     );
-    assert_eq!(h.run(&["EXPIRE", "k", "10", "GT", "LT"]), "-ERR GT and LT options at the same time are not compatible\r\n");
+    assert_eq!(
+        h.run(&["EXPIRE", "k", "10", "GT", "LT"]),
+        "-ERR GT and LT options at the same time are not compatible\r\n"
+    );
     assert_eq!(h.run(&["EXPIRE", "k", "10", "SOON"]), "-ERR Unsupported option SOON\r\n");
     assert_eq!(h.run(&["EXPIRE", "k", "soon"]), "-ERR value is not an integer or out of range\r\n");
     assert_eq!(h.run(&["EXPIRE", "k", "9223372036854775807"]), "-ERR invalid expire time in 'expire' command\r\n");
@@ -446,7 +454,16 @@ fn json_del_deletes_the_whole_document() {
 #[test]
 fn json_type_names_the_type_of_the_document() {
     let mut h = Harness::new();
-    for (doc, name) in [("{}", "object"), ("[]", "array"), ("\"s\"", "string"), ("true", "boolean"), ("null", "null"), ("12", "integer"), ("1.5", "number"), (" -3e2", "number")] {
+    for (doc, name) in [
+        ("{}", "object"),
+        ("[]", "array"),
+        ("\"s\"", "string"),
+        ("true", "boolean"),
+        ("null", "null"),
+        ("12", "integer"),
+        ("1.5", "number"),
+        (" -3e2", "number"),
+    ] {
         h.run(&["JSON.SET", "d", "$", doc]);
         assert_eq!(h.run(&["JSON.TYPE", "d"]), format!("+{name}\r\n"), "{doc}");
     }
@@ -460,7 +477,10 @@ fn json_mget_reads_several_documents() {
     let mut h = Harness::new();
     h.run(&["JSON.SET", "a", "$", "1"]);
     h.run(&["JSON.SET", "b", "$", "{\"x\":2}"]);
-    assert_eq!(h.run(&["JSON.MGET", "a", "missing", "b", "$"]), format!("*3\r\n{}{NIL}{}", bulk("[1]"), bulk("[{\"x\":2}]")));
+    assert_eq!(
+        h.run(&["JSON.MGET", "a", "missing", "b", "$"]),
+        format!("*3\r\n{}{NIL}{}", bulk("[1]"), bulk("[{\"x\":2}]"))
+    );
     assert_eq!(h.run(&["JSON.MGET", "a", "."]), format!("*1\r\n{}", bulk("1")));
 }
 
@@ -480,7 +500,10 @@ fn values_above_the_limit_are_refused() {
     let big = "x".repeat(17);
     assert_eq!(h.run(&["SET", "k", &big]), "-ERR value is 17 bytes, the limit is 16\r\n");
     assert_eq!(h.run(&["MSET", "a", "1", "k", &big]), "-ERR value is 17 bytes, the limit is 16\r\n");
-    assert_eq!(h.run(&["JSON.SET", "k", "$", &format!("\"{}\"", "y".repeat(15))]), "-ERR value is 17 bytes, the limit is 16\r\n");
+    assert_eq!(
+        h.run(&["JSON.SET", "k", "$", &format!("\"{}\"", "y".repeat(15))]),
+        "-ERR value is 17 bytes, the limit is 16\r\n"
+    );
     assert_eq!(h.run(&["DBSIZE"]), ":0\r\n");
     assert_eq!(h.run(&["SET", "k", &"x".repeat(16)]), OK);
 }
@@ -574,7 +597,10 @@ fn hello_parses_auth_and_setname() {
         "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
     );
     assert_eq!(h.run(&["HELLO", "3", "AUTH", "default"]), "-ERR Syntax error in HELLO option 'AUTH'\r\n");
-    assert_eq!(h.run(&["HELLO", "3", "SETNAME", "a b"]), "-ERR Client names cannot contain spaces, newlines or special characters.\r\n");
+    assert_eq!(
+        h.run(&["HELLO", "3", "SETNAME", "a b"]),
+        "-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
+    );
     // Failed HELLOs changed nothing.
     assert_eq!(h.run(&["CLIENT", "GETNAME"]), bulk("app"));
     assert_eq!(h.run(&["GET", "x"]), "_\r\n");
@@ -599,13 +625,19 @@ fn client_subcommands_used_by_client_libraries_work() {
     assert_eq!(h.run(&["CLIENT", "GETNAME"]), NIL);
     assert_eq!(h.run(&["CLIENT", "SETNAME", "worker-1"]), OK);
     assert_eq!(h.run(&["CLIENT", "GETNAME"]), bulk("worker-1"));
-    assert_eq!(h.run(&["CLIENT", "SETNAME", "bad name"]), "-ERR Client names cannot contain spaces, newlines or special characters.\r\n");
+    assert_eq!(
+        h.run(&["CLIENT", "SETNAME", "bad name"]),
+        "-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
+    );
     assert_eq!(h.run(&["CLIENT", "SETINFO", "LIB-NAME", "redis-py"]), OK);
     assert_eq!(h.run(&["CLIENT", "SETINFO", "lib-ver", "5.0.1"]), OK);
     assert_eq!(h.run(&["CLIENT", "SETINFO", "color", "red"]), "-ERR Unrecognized option 'color'\r\n");
     assert_eq!(h.run(&["CLIENT", "ID"]), ":1\r\n");
     let info = h.run(&["CLIENT", "INFO"]);
-    assert!(info.contains("id=1 ") && info.contains("name=worker-1 ") && info.contains("lib-name=redis-py lib-ver=5.0.1\n"), "{info}");
+    assert!(
+        info.contains("id=1 ") && info.contains("name=worker-1 ") && info.contains("lib-name=redis-py lib-ver=5.0.1\n"),
+        "{info}"
+    );
     assert_eq!(h.run(&["CLIENT", "SETNAME"]), "-ERR wrong number of arguments for 'client|setname' command\r\n");
     assert_eq!(h.run(&["CLIENT", "KILL", "x"]), "-ERR unknown subcommand 'KILL'. Try CLIENT HELP.\r\n");
     assert_eq!(h.run(&["CLIENT"]), "-ERR wrong number of arguments for 'client' command\r\n");
@@ -745,7 +777,9 @@ fn integers_parse_as_strictly_as_in_redis() {
     assert_eq!(parse_i64(b"-12"), Some(-12));
     assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
     assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
-    for bad in [&b""[..], b"-", b"+1", b"01", b"-0", b" 1", b"1 ", b"1.0", b"9223372036854775808", b"99999999999999999999"] {
+    for bad in
+        [&b""[..], b"-", b"+1", b"01", b"-0", b" 1", b"1 ", b"1.0", b"9223372036854775808", b"99999999999999999999"]
+    {
         assert_eq!(parse_i64(bad), None, "{bad:?}");
     }
 }
