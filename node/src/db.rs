@@ -123,13 +123,7 @@ struct Journal {
 
 impl Db {
     pub fn new(store: Store, limits: Limits, persist: Option<Arc<Persist>>, metrics: Arc<Metrics>) -> Self {
-        Db {
-            store,
-            clock: Hlc::new(),
-            limits,
-            journal: Journal { next_seq: AtomicU64::new(1), persist },
-            metrics,
-        }
+        Db { store, clock: Hlc::new(), limits, journal: Journal { next_seq: AtomicU64::new(1), persist }, metrics }
     }
 
     pub fn store(&self) -> &Store {

@@ -161,7 +161,12 @@ impl Metrics {
             "Tombstones dropped after their retention.",
             g.tombstones_purged_total,
         );
-        one("geocache_local_writes_total", "counter", "Writes coordinated by this node (its latest sequence number).", g.local_writes_total);
+        one(
+            "geocache_local_writes_total",
+            "counter",
+            "Writes coordinated by this node (its latest sequence number).",
+            g.local_writes_total,
+        );
         one(
             "geocache_log_appended_bytes_total",
             "counter",

@@ -108,7 +108,8 @@ mod tests {
 
     #[test]
     fn what_the_operator_writes_the_node_reads_back() {
-        let file = PeersFile::new(vec![PeerEntry { addr: "[::1]:7946".into(), region: Some("ap".into()), node_id: None }]);
+        let file =
+            PeersFile::new(vec![PeerEntry { addr: "[::1]:7946".into(), region: Some("ap".into()), node_id: None }]);
         assert_eq!(PeersFile::parse(file.to_json().as_bytes()).unwrap(), file);
     }
 

@@ -297,7 +297,8 @@ impl Persist {
         let dir_err = |source| PersistError::DataDir { path: dir.clone(), source };
         fs::create_dir_all(&dir).map_err(dir_err)?;
         // Two processes appending to one log would corrupt it: refuse to share.
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK")).map_err(dir_err)?;
+        let lock =
+            OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK")).map_err(dir_err)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(PersistError::Locked { path: dir.clone() }),

@@ -543,7 +543,8 @@ impl Store {
             let mut best: Option<(bool, u32, u64, usize, usize, u32)> = None;
             let first = self.evict_cursor.fetch_add(1, Ordering::Relaxed) as usize;
             for k in 0..SHARDS_PER_ROUND.min(self.shards.len()) {
-                let i = (first.wrapping_mul(0x9E37_79B9) + k * (self.shards.len() / SHARDS_PER_ROUND).max(1)) & self.shard_mask;
+                let i = (first.wrapping_mul(0x9E37_79B9) + k * (self.shards.len() / SHARDS_PER_ROUND).max(1))
+                    & self.shard_mask;
                 let s = self.shards[i].lock();
                 if s.live == 0 {
                     continue;

@@ -335,9 +335,10 @@ async fn delete(state: &NodeState, key: &str, ack: Ack) -> Result<Response, ApiE
 async fn expire(state: &NodeState, key: &str, ttl: Option<&str>, ack: Ack) -> Result<Response, ApiError> {
     let expiry = match ttl {
         None => {
-            return Err(
-                DbError::InvalidTtl("ttl is required: a duration such as 30s, 0 to expire now, or none".into()).into()
-            );
+            return Err(DbError::InvalidTtl(
+                "ttl is required: a duration such as 30s, 0 to expire now, or none".into(),
+            )
+            .into());
         }
         Some("none") => Expiry::Never,
         Some(raw) => match parse_ttl_ms(raw).map_err(DbError::InvalidTtl)? {
