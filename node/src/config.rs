@@ -6,8 +6,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use std::time::Duration;
+
 use crate::duration::{parse_size, parse_ttl_ms};
+use crate::membership::validate_addr;
 use crate::persist::FsyncPolicy;
+use crate::replication::ReplicationConfig;
 
 /// Flags of `geocache-node`.
 #[derive(Debug, Clone, Parser)]
@@ -61,6 +65,22 @@ pub struct Flags {
     /// Compact the log once it exceeds this size and the last snapshot's, e.g. `64mb`.
     #[arg(long, env = "GEOCACHE_COMPACT_MIN", default_value = "64mb")]
     pub compact_min: String,
+    /// A peer silent this long is marked down, e.g. `3s`.
+    #[arg(long, env = "GEOCACHE_PEER_TIMEOUT", default_value = "3s")]
+    pub peer_timeout: String,
+    /// A peer learned by gossip and silent this long is dropped from the peer table.
+    #[arg(long, env = "GEOCACHE_PEER_DROP_AFTER", default_value = "5m")]
+    pub peer_drop_after: String,
+    /// Bytes of recent writes kept for peers that come back after a break.
+    #[arg(long, env = "GEOCACHE_BACKLOG_SIZE", default_value = "64mb")]
+    pub backlog_size: String,
+    /// How long `ack=region|global` writes and read-your-writes reads wait.
+    #[arg(long, env = "GEOCACHE_ACK_TIMEOUT", default_value = "5s")]
+    pub ack_timeout: String,
+    /// Peers whose clocks are further ahead than this are reported, and their
+    /// timestamps not merged into ours.
+    #[arg(long, env = "GEOCACHE_MAX_CLOCK_SKEW", default_value = "500ms")]
+    pub max_clock_skew: String,
     /// Certificate for mutual TLS between nodes.
     #[arg(long, env = "GEOCACHE_PEER_TLS_CERT")]
     pub peer_tls_cert: Option<PathBuf>,
@@ -104,6 +124,8 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub resp_addr: Option<SocketAddr>,
     pub peer_addr: SocketAddr,
+    pub replication: ReplicationConfig,
+    pub backlog_bytes: usize,
     pub data_dir: Option<PathBuf>,
     pub fsync: FsyncPolicy,
     pub max_memory: Option<u64>,
@@ -158,12 +180,9 @@ impl Flags {
             "off" => None,
             addr => Some(addr.parse().map_err(|e| err("resp-addr", format!("{addr:?} is not host:port or off: {e}")))?),
         };
-        // Replication and security arrive with their own issues; refuse their flags
-        // rather than accept and ignore them.
-        let not_yet: [(&'static str, bool); 9] = [
-            ("advertise-addr", self.advertise_addr.is_some()),
-            ("peers", !self.peers.is_empty()),
-            ("peers-file", self.peers_file.is_some()),
+        // Security arrives with its own issue; refuse its flags rather than accept
+        // and ignore them.
+        let not_yet: [(&'static str, bool); 6] = [
             ("peer-tls-cert", self.peer_tls_cert.is_some()),
             ("peer-tls-key", self.peer_tls_key.is_some()),
             ("peer-tls-ca", self.peer_tls_ca.is_some()),
@@ -172,7 +191,38 @@ impl Flags {
             ("auth-file", self.auth_file.is_some()),
         ];
         if let Some((flag, _)) = not_yet.iter().find(|(_, set)| *set) {
-            return Err(err(flag, "is not supported by this build yet (replication and security are in progress)"));
+            return Err(err(flag, "is not supported by this build yet (tls and authentication are in progress)"));
+        }
+        let advertise = match self.advertise_addr {
+            Some(a) => {
+                validate_addr(&a).map_err(|m| err("advertise-addr", m))?;
+                a
+            }
+            None if self.peer_addr.ip().is_unspecified() => format!("{}:{}", hostname(), self.peer_addr.port()),
+            None => self.peer_addr.to_string(),
+        };
+        let mut seeds = Vec::new();
+        for p in self.peers.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+            validate_addr(p).map_err(|m| err("peers", m))?;
+            seeds.push(p.to_string());
+        }
+        let ms = |flag: &'static str, v: &str| parse_ttl_ms(v).map_err(|m| err(flag, m));
+        let peer_timeout = ms("peer-timeout", &self.peer_timeout)?;
+        if peer_timeout < 100 {
+            return Err(err("peer-timeout", "must be at least 100ms"));
+        }
+        let replication = ReplicationConfig {
+            advertise,
+            seeds,
+            peers_file: self.peers_file,
+            peer_timeout: Duration::from_millis(peer_timeout),
+            drop_after: Duration::from_millis(ms("peer-drop-after", &self.peer_drop_after)?),
+            ack_timeout: Duration::from_millis(ms("ack-timeout", &self.ack_timeout)?),
+            max_skew_ms: ms("max-clock-skew", &self.max_clock_skew)?,
+        };
+        let backlog_bytes = parse_size(&self.backlog_size).map_err(|m| err("backlog-size", m))?;
+        if backlog_bytes == 0 {
+            return Err(err("backlog-size", "must be greater than 0"));
         }
         let max_memory = self.max_memory.as_deref().map(parse_size).transpose().map_err(|m| err("max-memory", m))?;
         if max_memory == Some(0) {
@@ -199,6 +249,8 @@ impl Flags {
             http_addr: self.http_addr,
             resp_addr,
             peer_addr: self.peer_addr,
+            replication,
+            backlog_bytes: backlog_bytes as usize,
             data_dir: self.data_dir,
             fsync: match self.fsync {
                 Fsync::EverySecond => FsyncPolicy::EverySecond,
@@ -260,6 +312,26 @@ mod tests {
     }
 
     #[test]
+    fn peers_and_replication_timings_are_parsed() {
+        let c = parse(&[
+            "--peers",
+            "a:1, b:2",
+            "--peer-timeout",
+            "2s",
+            "--ack-timeout",
+            "750ms",
+            "--advertise-addr",
+            "n1:7946",
+        ])
+        .unwrap();
+        assert_eq!(c.replication.seeds, vec!["a:1".to_string(), "b:2".to_string()]);
+        assert_eq!(c.replication.peer_timeout, Duration::from_secs(2));
+        assert_eq!(c.replication.ack_timeout, Duration::from_millis(750));
+        assert_eq!(c.replication.advertise, "n1:7946");
+        assert_eq!(c.backlog_bytes, 64 << 20);
+    }
+
+    #[test]
     fn the_redis_port_can_be_turned_off() {
         assert_eq!(parse(&["--resp-addr", "off"]).unwrap().resp_addr, None);
     }
@@ -280,7 +352,10 @@ mod tests {
             (&["--region", "eu west"][..], "region"),
             (&["--resp-addr", "nowhere"][..], "resp-addr"),
             (&["--max-key-bytes", "0"][..], "max-key-bytes"),
-            (&["--peers", "10.0.0.1:7946"][..], "peers"),
+            (&["--peers", "10.0.0.1"][..], "peers"),
+            (&["--peer-timeout", "soon"][..], "peer-timeout"),
+            (&["--backlog-size", "0"][..], "backlog-size"),
+            (&["--tls-cert", "/x"][..], "tls-cert"),
         ] {
             let e = parse(args).unwrap_err();
             assert_eq!(e.flag, flag, "{args:?}: {e}");

@@ -8,11 +8,15 @@
 //! with `--fsync always`). Reads never see an expired entry.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
 
 use crate::clock::{self, Hlc};
+use crate::journal::{Journal, Offered};
 use crate::metrics::Metrics;
-use crate::persist::{Lsn, Persist};
+use crate::persist::record::Decoded;
+use crate::persist::{CompactionReport, Lsn, Persist, PersistError};
+use crate::replication::{Positions, StreamId};
 use crate::store::{Current, Decision, Found, OriginId, Record, RecordRef, Store, Value, Version};
 
 /// Size limits for keys and values.
@@ -93,6 +97,8 @@ pub struct Written<R> {
     pub reply: R,
     /// The new version, when something was written.
     pub version: Option<Version>,
+    /// Its sequence number in this node's stream, when something was written.
+    pub seq: Option<u64>,
     pub lsn: Option<Lsn>,
 }
 
@@ -101,6 +107,13 @@ pub struct Written<R> {
 pub struct PutOutcome {
     pub created: bool,
     pub expires_at: Option<u64>,
+}
+
+/// What applying a peer's record did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteApplied {
+    pub offered: Offered,
+    pub lsn: Option<Lsn>,
 }
 
 /// The database of one node.
@@ -112,18 +125,17 @@ pub struct Db {
     metrics: Arc<Metrics>,
 }
 
-/// Orders local writes: hands out per-origin sequence numbers and appends records to
-/// the on-disk log in that order (with a log, the sequence number is taken under the
-/// log's buffer lock so that log order and sequence order agree). The replication
-/// backlog will hang off it as well.
-struct Journal {
-    next_seq: AtomicU64,
-    persist: Option<Arc<Persist>>,
-}
-
 impl Db {
-    pub fn new(store: Store, limits: Limits, persist: Option<Arc<Persist>>, metrics: Arc<Metrics>) -> Self {
-        Db { store, clock: Hlc::new(), limits, journal: Journal { next_seq: AtomicU64::new(1), persist }, metrics }
+    pub fn new(store: Store, clock: Hlc, limits: Limits, journal: Journal, metrics: Arc<Metrics>) -> Self {
+        Db { store, clock, limits, journal, metrics }
+    }
+
+    /// A memory-only database with no replication (for tests and tools).
+    pub fn standalone(store: Store, limits: Limits, metrics: Arc<Metrics>) -> Self {
+        let local = store.origins().local();
+        let stream = StreamId::new(local.node_id.clone(), clock::now_ms());
+        let journal = Journal::new(stream, local, None, Positions::new(), None);
+        Db::new(store, Hlc::new(), limits, journal, metrics)
     }
 
     pub fn store(&self) -> &Store {
@@ -142,32 +154,17 @@ impl Db {
         &self.metrics
     }
 
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
     pub fn persist(&self) -> Option<&Arc<Persist>> {
-        self.journal.persist.as_ref()
+        self.journal.persist()
     }
 
-    /// Writes coordinated by this node (its latest sequence number, across restarts
-    /// when the data is persisted).
+    /// Writes coordinated by this node in this run.
     pub fn local_writes(&self) -> u64 {
-        self.next_seq().saturating_sub(1)
-    }
-
-    /// The sequence number the next local write will get.
-    pub fn next_seq(&self) -> u64 {
-        match &self.journal.persist {
-            Some(p) => p.next_seq(),
-            None => self.journal.next_seq.load(Ordering::Acquire),
-        }
-    }
-
-    /// Sets the next local sequence number (after recovery).
-    pub fn set_next_seq(&self, seq: u64) {
-        match &self.journal.persist {
-            Some(p) => p.set_next_seq(seq),
-            None => {
-                self.journal.next_seq.fetch_max(seq, Ordering::AcqRel);
-            }
-        }
+        self.journal.lock().local_seq
     }
 
     pub fn check_key(&self, key: &str) -> Result<(), DbError> {
@@ -223,11 +220,13 @@ impl Db {
                 Ok(decision)
             },
             || Version { hlc: self.clock.now(), origin: OriginId::LOCAL },
-            |record| journal.append(record),
+            |record| journal.append_local(record, now),
         )?;
         match written {
-            Some((version, lsn)) => Ok(Written { reply, version: Some(version), lsn }),
-            None => Ok(Written { reply, version: None, lsn: None }),
+            Some((version, appended)) => {
+                Ok(Written { reply, version: Some(version), seq: Some(appended.seq), lsn: appended.lsn })
+            }
+            None => Ok(Written { reply, version: None, seq: None, lsn: None }),
         }
     }
 
@@ -265,16 +264,74 @@ impl Db {
         })
     }
 
-    /// Applies a versioned record from the log or a peer (last-writer-wins).
+    /// Applies a versioned record from the log (last-writer-wins).
     pub fn apply(&self, record: RecordRef<'_>) -> bool {
         self.clock.advance_to(record.version.hlc);
         self.store.apply(record, clock::now_ms())
     }
 
+    /// Resolves the origin of a decoded record to an id in the origin table.
+    fn origin_id(&self, d: &Decoded<'_>) -> OriginId {
+        if *self.store.origins().local().node_id == *d.node_id {
+            OriginId::LOCAL
+        } else {
+            self.store.origins().intern(d.node_id, d.region)
+        }
+    }
+
+    /// Offers a record streamed by a peer: applied only when it is the next one of
+    /// its stream, so that positions stay contiguous prefixes.
+    pub fn apply_remote(&self, d: &Decoded<'_>, encoded: &Bytes, max_skew_ms: u64) -> RemoteApplied {
+        let now = clock::now_ms();
+        if self.clock.observe(d.hlc, max_skew_ms).is_err() {
+            self.metrics.clock_skew_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let stream = StreamId::new(d.node_id, d.epoch);
+        let record = d.record(self.origin_id(d));
+        let journal = &self.journal;
+        let result = self.store.apply_gated(
+            record,
+            now,
+            || journal.gate(&stream, d.seq),
+            |granted, changed| (changed, journal.commit_remote(granted, &stream, d.seq, encoded, now)),
+        );
+        match result {
+            Ok((changed, lsn)) => RemoteApplied { offered: Offered::Applied { changed }, lsn },
+            Err(offered) => RemoteApplied { offered, lsn: None },
+        }
+    }
+
+    /// Applies an entry of a full snapshot sent by a peer.
+    pub fn apply_snapshot_record(&self, d: &Decoded<'_>, max_skew_ms: u64) -> Option<Lsn> {
+        let now = clock::now_ms();
+        let _ = self.clock.observe(d.hlc, max_skew_ms);
+        let record = d.record(self.origin_id(d));
+        let journal = &self.journal;
+        self.store
+            .apply_gated::<(), (), _>(
+                record,
+                now,
+                || Ok(()),
+                |(), changed| changed.then(|| journal.append_snapshot_record(record)).flatten(),
+            )
+            .unwrap_or(None)
+    }
+
+    /// Compacts the on-disk log into a snapshot (blocking).
+    pub fn compact(&self) -> Option<Result<CompactionReport, PersistError>> {
+        let persist = self.journal.persist()?;
+        let journal = &self.journal;
+        Some(persist.compact(&self.store, |p| {
+            let st = journal.lock();
+            let segment = p.rotate()?;
+            Ok((segment, st.positions.clone()))
+        }))
+    }
+
     /// Waits until the journal holds everything up to `lsn` as the fsync policy
     /// requires. Without `--data-dir` this returns at once.
     pub async fn wait_durable(&self, lsn: Option<Lsn>) -> Result<(), DbError> {
-        match (lsn, &self.journal.persist) {
+        match (lsn, self.journal.persist()) {
             (Some(lsn), Some(persist)) => persist.flush_to(lsn).await.map_err(|e| DbError::Persistence(e.to_string())),
             _ => Ok(()),
         }
@@ -288,18 +345,5 @@ impl Db {
             self.store.scan_shard(i, now, |r| out.push(r.to_owned()));
         }
         out
-    }
-}
-
-impl Journal {
-    /// Called under the shard lock of the written key.
-    fn append(&self, record: RecordRef<'_>) -> Option<Lsn> {
-        match &self.persist {
-            Some(p) => Some(p.append(record)),
-            None => {
-                self.next_seq.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
     }
 }

@@ -64,6 +64,9 @@ pub fn parse_size(input: &str) -> Result<u64, String> {
 
 /// Formats Unix milliseconds as RFC 3339 UTC with milliseconds.
 pub fn rfc3339_ms(unix_ms: u64) -> String {
+    // humantime cannot format years past 9999: clamp to its last representable ms.
+    const MAX_MS: u64 = 253_402_300_799_999;
+    let unix_ms = unix_ms.min(MAX_MS);
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -103,5 +106,6 @@ mod tests {
     fn timestamps_format_as_rfc3339_utc() {
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_ms(1_764_131_400_123), "2025-11-26T04:30:00.123Z");
+        assert_eq!(rfc3339_ms(u64::MAX), "9999-12-31T23:59:59.999Z");
     }
 }

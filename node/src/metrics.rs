@@ -55,6 +55,7 @@ pub struct Metrics {
     pub recovered_records: AtomicU64,
     pub recovery_millis: AtomicU64,
     pub corrupt_tails: AtomicU64,
+    pub clock_skew_refusals: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -73,6 +74,7 @@ impl Default for Metrics {
             recovered_records: AtomicU64::new(0),
             recovery_millis: AtomicU64::new(0),
             corrupt_tails: AtomicU64::new(0),
+            clock_skew_refusals: AtomicU64::new(0),
         }
     }
 }

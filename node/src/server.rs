@@ -8,11 +8,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::clock;
+use crate::clock::{self, Hlc};
 use crate::config::Config;
 use crate::db::{Db, Limits};
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::persist::{Persist, PersistConfig, PersistError, RecoveryReport};
+use crate::replication::{Positions, Replication, StreamId};
 use crate::state::{NodeInfo, NodeState};
 use crate::store::{Origin, OriginTable, Store, StoreConfig};
 
@@ -30,6 +32,7 @@ pub struct NodeHandle {
     pub state: Arc<NodeState>,
     pub http_addr: SocketAddr,
     pub resp_addr: Option<SocketAddr>,
+    pub peer_addr: SocketAddr,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -81,10 +84,8 @@ fn log_recovery(report: &RecoveryReport) {
 /// Starts a node: recovers from `--data-dir`, binds its listeners, starts its
 /// background tasks, and returns once it is ready.
 pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
-    let origins = Arc::new(OriginTable::new(Origin {
-        node_id: config.node_id.as_str().into(),
-        region: config.region.as_str().into(),
-    }));
+    let local = Origin { node_id: config.node_id.as_str().into(), region: config.region.as_str().into() };
+    let origins = Arc::new(OriginTable::new(local.clone()));
     let metrics = Arc::new(Metrics::default());
     let store = Store::new(
         StoreConfig {
@@ -97,31 +98,34 @@ pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
     let limits = Limits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
 
     let mut max_hlc = 0;
-    let (persist, next_seq) = match &config.data_dir {
-        None => (None, 1),
+    let (persist, positions) = match &config.data_dir {
+        None => (None, Positions::new()),
         Some(dir) => {
             let persist_config =
                 PersistConfig { dir: dir.clone(), fsync: config.fsync, compact_min_bytes: config.compact_min_bytes };
             let store_ref = &store;
-            let origins = origins.clone();
-            let metrics = metrics.clone();
             // Recovery runs before anything else is scheduled, so blocking here is fine.
             let now = clock::now_ms();
-            let (persist, report) = Persist::open(persist_config, origins, metrics, |record| {
+            let (persist, report) = Persist::open(persist_config, origins.clone(), metrics.clone(), |record| {
                 max_hlc = max_hlc.max(record.version.hlc);
                 store_ref.apply(record, now);
             })?;
             log_recovery(&report);
-            (Some(Arc::new(persist)), report.next_local_seq)
+            (Some(Arc::new(persist)), report.positions)
         }
     };
-    let db = Db::new(store, limits, persist, metrics);
-    db.set_next_seq(next_seq);
-    // Versions made after a restart must order after the ones recovered.
-    db.clock().advance_to(max_hlc);
+    // Versions made after a restart order after the ones recovered; every start
+    // opens a new stream, so no sequence number is ever reused.
+    let hlc = Hlc::new();
+    hlc.advance_to(max_hlc);
+    let stream = StreamId::new(config.node_id.as_str(), hlc.now());
+    let journal = Journal::new(stream, local, persist, positions, Some(config.backlog_bytes));
+    let db = Db::new(store, hlc, limits, journal, metrics);
+    let replication = Replication::new(config.replication.clone(), &config.node_id, &config.region);
 
     let state = Arc::new(NodeState::new(
         db,
+        replication,
         NodeInfo { node_id: config.node_id.clone(), region: config.region.clone() },
         config.default_ttl_ms,
     ));
@@ -135,6 +139,8 @@ pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
         None => None,
     };
     let resp_addr = resp_listener.as_ref().map(|l| l.local_addr().unwrap_or(config.resp_addr.unwrap_or(http_addr)));
+    let peer_listener = bind("peers", config.peer_addr).await?;
+    let peer_addr = peer_listener.local_addr().unwrap_or(config.peer_addr);
 
     {
         let mut rx = shutdown_rx.clone();
@@ -152,6 +158,7 @@ pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
     if let Some(listener) = resp_listener {
         tasks.spawn(crate::api::resp::serve(listener, state.clone(), shutdown_rx.clone()));
     }
+    crate::replication::spawn(state.clone(), Some(peer_listener), shutdown_rx.clone(), &mut tasks);
     tasks.spawn(sweeper(state.clone(), shutdown_rx.clone()));
     if state.db.persist().is_some() {
         tasks.spawn(log_maintenance(state.clone(), shutdown_rx.clone()));
@@ -161,10 +168,11 @@ pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
     tracing::info!(
         node_id = %config.node_id, region = %config.region, http = %http_addr,
         resp = %resp_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        peers = %peer_addr, advertise = %config.replication.advertise,
         data_dir = %config.data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "none (memory only)".into()),
         "node ready"
     );
-    Ok(NodeHandle { state, http_addr, resp_addr, shutdown_tx, tasks })
+    Ok(NodeHandle { state, http_addr, resp_addr, peer_addr, shutdown_tx, tasks })
 }
 
 /// Frees expired entries and old tombstones in the background, a slice at a time.
@@ -206,20 +214,17 @@ async fn log_maintenance(state: Arc<NodeState>, mut shutdown: watch::Receiver<bo
         }
         if persist.should_compact() {
             let state = state.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                let next_seq = state.db.next_seq();
-                persist.compact(state.db.store(), next_seq)
-            })
-            .await;
+            let result = tokio::task::spawn_blocking(move || state.db.compact()).await;
             match result {
-                Ok(Ok(r)) => tracing::info!(
+                Ok(None) => {}
+                Ok(Some(Ok(r))) => tracing::info!(
                     records = r.records,
                     snapshot_bytes = r.snapshot_bytes,
                     removed_segments = r.removed_segments,
                     elapsed_ms = r.duration.as_millis() as u64,
                     "log compacted into a snapshot"
                 ),
-                Ok(Err(e)) => tracing::error!(error = %e, "log compaction failed; will retry"),
+                Ok(Some(Err(e))) => tracing::error!(error = %e, "log compaction failed; will retry"),
                 Err(e) => tracing::error!(error = %e, "log compaction task failed"),
             }
         }

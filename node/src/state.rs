@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::db::{Db, Expiry};
 use crate::metrics::{self, Gauges};
+use crate::replication::Replication;
 use crate::status::StatusDocument;
 
 /// Who this node is.
@@ -17,6 +18,7 @@ pub struct NodeInfo {
 /// Everything the HTTP and RESP interfaces share.
 pub struct NodeState {
     pub db: Db,
+    pub replication: Replication,
     pub info: NodeInfo,
     /// TTL applied to writes that do not give one (`--default-ttl`).
     pub default_ttl_ms: Option<u64>,
@@ -25,8 +27,15 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    pub fn new(db: Db, info: NodeInfo, default_ttl_ms: Option<u64>) -> Self {
-        NodeState { db, info, default_ttl_ms, started: Instant::now(), ready: AtomicBool::new(false) }
+    pub fn new(db: Db, replication: Replication, info: NodeInfo, default_ttl_ms: Option<u64>) -> Self {
+        NodeState { db, replication, info, default_ttl_ms, started: Instant::now(), ready: AtomicBool::new(false) }
+    }
+
+    /// A node with no peers (for tests and tools).
+    pub fn standalone(db: Db, info: NodeInfo, default_ttl_ms: Option<u64>) -> Self {
+        let replication =
+            Replication::new(crate::replication::ReplicationConfig::standalone(), &info.node_id, &info.region);
+        NodeState::new(db, replication, info, default_ttl_ms)
     }
 
     /// True once recovery finished and the listeners are up.
@@ -60,7 +69,7 @@ impl NodeState {
             keys: self.db.store().len() as u64,
             memory_bytes: self.db.store().memory_bytes(),
             ready: self.is_ready(),
-            peers: Vec::new(),
+            peers: self.replication.peer_statuses(self),
         }
     }
 

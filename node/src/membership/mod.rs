@@ -1,7 +1,8 @@
-//! Membership: who the peers are. For now, the peers file format that the operator
-//! writes and the node reads (`--peers-file`); the peer table, heartbeats and
-//! timeouts arrive with replication.
+//! Membership: who the peers are — the peers file the operator writes (`--peers-file`)
+//! and the peer table with liveness, timeouts and what each peer confirmed.
 
+mod peer_table;
 mod peers_file;
 
-pub use peers_file::{PeerEntry, PeersFile, PeersFileError};
+pub use peer_table::{Peer, PeerTable, Source};
+pub use peers_file::{PeerEntry, PeersFile, PeersFileError, validate_addr};

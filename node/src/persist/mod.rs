@@ -35,6 +35,7 @@ use parking_lot::Mutex;
 
 use crate::clock;
 use crate::metrics::Metrics;
+use crate::replication::{Positions, StreamId};
 use crate::store::{Origin, OriginId, OriginTable, RecordRef, Store};
 
 /// A position in the log stream of this process (bytes appended since start).
@@ -99,8 +100,8 @@ pub struct RecoveryReport {
     pub segments: usize,
     pub corruptions: Vec<Corruption>,
     pub duration: Duration,
-    /// The next sequence number for local writes.
-    pub next_local_seq: u64,
+    /// Replication positions reached by what was recovered.
+    pub positions: Positions,
 }
 
 /// What a compaction did.
@@ -115,8 +116,6 @@ pub struct CompactionReport {
 struct Pending {
     bytes: Vec<u8>,
     appended: Lsn,
-    /// Sequence number of the next local write.
-    next_seq: u64,
 }
 
 struct Writer {
@@ -231,7 +230,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Replays one file (a segment or a snapshot body) from `start`; returns the number of
-/// records, the largest local sequence number seen, and the corruption if any.
+/// records and the corruption if any. Positions reached are merged into `positions`.
 fn replay_file(
     path: &Path,
     file: File,
@@ -239,12 +238,12 @@ fn replay_file(
     origins: &OriginTable,
     local_node: &str,
     expect_end_marker: bool,
+    positions: &mut Positions,
     apply: &mut impl FnMut(RecordRef<'_>),
-) -> Result<(u64, u64, Option<Corruption>), PersistError> {
+) -> Result<(u64, Option<Corruption>), PersistError> {
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut reader = RecordReader::new(io::BufReader::with_capacity(1 << 20, file), start);
     let mut count = 0;
-    let mut max_local_seq = 0;
     let read_err = |source| PersistError::Read { path: path.to_path_buf(), source };
     loop {
         let at = reader.offset;
@@ -254,17 +253,28 @@ fn replay_file(
             Next::Bad(reason) => Some(reason),
             Next::Record => {
                 if expect_end_marker && reader.buf.as_slice() == SNAPSHOT_END {
-                    return Ok((count, max_local_seq, None));
+                    return Ok((count, None));
                 }
                 match record::decode(&reader.buf) {
                     Ok((d, used)) => {
                         reader.offset += used as u64;
-                        let origin = if d.node_id == local_node {
-                            max_local_seq = max_local_seq.max(d.seq);
-                            OriginId::LOCAL
-                        } else {
-                            origins.intern(d.node_id, d.region)
-                        };
+                        if let Some(marker) = d.marker {
+                            match Positions::decode(marker) {
+                                Ok((p, _)) => positions.merge_max(&p),
+                                Err(e) => {
+                                    tracing::warn!(file = %path.display(), error = %e, "ignoring a damaged positions marker")
+                                }
+                            }
+                            continue;
+                        }
+                        if d.seq > 0 {
+                            let stream = StreamId::new(d.node_id, d.epoch);
+                            if positions.get(&stream) < d.seq {
+                                positions.set(stream, d.seq);
+                            }
+                        }
+                        let origin =
+                            if d.node_id == local_node { OriginId::LOCAL } else { origins.intern(d.node_id, d.region) };
                         apply(d.record(origin));
                         count += 1;
                         continue;
@@ -279,7 +289,7 @@ fn replay_file(
             skipped_bytes: file_len.saturating_sub(at),
             reason,
         });
-        return Ok((count, max_local_seq, corruption));
+        return Ok((count, corruption));
     }
 }
 
@@ -324,33 +334,40 @@ impl Persist {
         snapshots.sort_unstable();
 
         let mut report = RecoveryReport::default();
-        let mut max_local_seq = 0;
+        let mut positions = Positions::new();
         let mut first_segment = 0;
         let mut snapshot_bytes = 0;
         if let Some(&snap) = snapshots.last() {
             let path = snapshot_path(&dir, snap);
-            let mut file = File::open(&path).map_err(|source| PersistError::Read { path: path.clone(), source })?;
+            let read_err = |source| PersistError::Read { path: path.clone(), source };
+            let mut file = File::open(&path).map_err(read_err)?;
             snapshot_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-            let mut header = [0u8; 24];
-            let got = read_full(&mut file, &mut header)
-                .map_err(|source| PersistError::Read { path: path.clone(), source })?;
-            if got == header.len() && &header[..8] == SNAPSHOT_MAGIC {
-                first_segment = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
-                let next_seq = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default());
-                max_local_seq = next_seq.saturating_sub(1);
-                let (n, seq, corruption) = replay_file(&path, file, 24, &origins, &local.node_id, true, &mut apply)?;
-                report.snapshot_records = n;
-                max_local_seq = max_local_seq.max(seq);
-                if let Some(c) = corruption {
-                    report.corruptions.push(c);
+            let mut header = [0u8; 20];
+            let got = read_full(&mut file, &mut header).map_err(read_err)?;
+            let mut positions_bytes = Vec::new();
+            let header_ok = got == header.len() && &header[..8] == SNAPSHOT_MAGIC && {
+                let len = u32::from_le_bytes([header[16], header[17], header[18], header[19]]) as usize;
+                positions_bytes.resize(len.min(record::MAX_PAYLOAD), 0);
+                read_full(&mut file, &mut positions_bytes).map_err(read_err)? == len
+            };
+            match header_ok.then(|| Positions::decode(&positions_bytes)) {
+                Some(Ok((p, _))) => {
+                    first_segment = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+                    positions = p;
+                    let start = 20 + positions_bytes.len() as u64;
+                    let (n, corruption) =
+                        replay_file(&path, file, start, &origins, &local.node_id, true, &mut positions, &mut apply)?;
+                    report.snapshot_records = n;
+                    if let Some(c) = corruption {
+                        report.corruptions.push(c);
+                    }
                 }
-            } else {
-                report.corruptions.push(Corruption {
+                _ => report.corruptions.push(Corruption {
                     file: path.clone(),
                     offset: 0,
                     skipped_bytes: snapshot_bytes,
                     reason: "snapshot header is damaged".into(),
-                });
+                }),
             }
             // Older snapshots are superseded (a crash can leave one behind).
             for &old in &snapshots[..snapshots.len() - 1] {
@@ -375,9 +392,9 @@ impl Persist {
                     reason: "segment header is damaged".into(),
                 })
             } else {
-                let (n, seq, corruption) = replay_file(&path, file, 8, &origins, &local.node_id, false, &mut apply)?;
+                let (n, corruption) =
+                    replay_file(&path, file, 8, &origins, &local.node_id, false, &mut positions, &mut apply)?;
                 report.log_records += n;
-                max_local_seq = max_local_seq.max(seq);
                 corruption
             };
             if let Some(c) = corruption {
@@ -405,7 +422,7 @@ impl Persist {
         let next_segment = segments.last().map_or(first_segment, |&last| last + 1).max(first_segment);
         let path = segment_path(&dir, next_segment);
         let file = create_segment(&dir, next_segment).map_err(|source| PersistError::OpenSegment { path, source })?;
-        report.next_local_seq = max_local_seq + 1;
+        report.positions = positions;
         report.duration = started.elapsed();
         metrics.recovered_records.store(report.snapshot_records + report.log_records, Ordering::Relaxed);
         metrics.recovery_millis.store(report.duration.as_millis() as u64, Ordering::Relaxed);
@@ -415,11 +432,7 @@ impl Persist {
             origins,
             local,
             metrics,
-            pending: Mutex::new(Pending {
-                bytes: Vec::with_capacity(64 << 10),
-                appended: 0,
-                next_seq: report.next_local_seq,
-            }),
+            pending: Mutex::new(Pending { bytes: Vec::with_capacity(64 << 10), appended: 0 }),
             writer: Mutex::new(Writer {
                 file: Arc::new(file),
                 segment: next_segment,
@@ -448,19 +461,9 @@ impl Persist {
         self.origins.get(id).unwrap_or_else(|| Origin { node_id: "unknown".into(), region: "".into() })
     }
 
-    /// The sequence number the next local write will get.
-    pub fn next_seq(&self) -> u64 {
-        self.pending.lock().next_seq
-    }
-
-    pub fn set_next_seq(&self, seq: u64) {
-        let mut p = self.pending.lock();
-        p.next_seq = p.next_seq.max(seq);
-    }
-
-    /// Appends a local write to the buffer, numbering it; returns the position to
-    /// wait for.
-    pub fn append(&self, record: RecordRef<'_>) -> Lsn {
+    /// Appends a record of stream `stream` (or a snapshot record, without one) to the
+    /// buffer; returns the position to wait for.
+    pub fn append(&self, stream: Option<(&StreamId, u64)>, record: RecordRef<'_>) -> Lsn {
         let remote;
         let origin = if record.version.origin == OriginId::LOCAL {
             &self.local
@@ -468,11 +471,29 @@ impl Persist {
             remote = self.origin_of(record.version.origin);
             &remote
         };
+        let (epoch, seq) = stream.map(|(s, seq)| (s.epoch, seq)).unwrap_or((0, 0));
         let mut p = self.pending.lock();
-        let seq = p.next_seq;
-        p.next_seq += 1;
         let before = p.bytes.len();
-        record::encode(&mut p.bytes, seq, origin, record);
+        record::encode(&mut p.bytes, seq, epoch, origin, record);
+        p.appended += (p.bytes.len() - before) as u64;
+        p.appended
+    }
+
+    /// Appends already encoded records (from a peer) to the buffer.
+    pub fn append_encoded(&self, encoded: &[u8]) -> Lsn {
+        let mut p = self.pending.lock();
+        p.bytes.extend_from_slice(encoded);
+        p.appended += encoded.len() as u64;
+        p.appended
+    }
+
+    /// Appends a positions marker (after a full resync) to the buffer.
+    pub fn append_marker(&self, positions: &Positions) -> Lsn {
+        let mut encoded = Vec::new();
+        positions.encode(&mut encoded);
+        let mut p = self.pending.lock();
+        let before = p.bytes.len();
+        record::encode_marker(&mut p.bytes, &encoded);
         p.appended += (p.bytes.len() - before) as u64;
         p.appended
     }
@@ -558,8 +579,9 @@ impl Persist {
     }
 
     /// Starts a new segment; everything appended before is written and synced to the
-    /// old one. Returns the new segment's id.
-    fn rotate(&self) -> Result<u64, PersistError> {
+    /// old one. Returns the new segment's id. The caller holds the journal lock, so
+    /// that the positions it captures match the segments before the new one.
+    pub fn rotate(&self) -> Result<u64, PersistError> {
         let appended = self.pending.lock().appended;
         self.write_pending(appended).map_err(PersistError::WriteLog)?;
         let mut w = self.writer.lock();
@@ -574,20 +596,29 @@ impl Persist {
         Ok(id)
     }
 
-    /// Writes a snapshot of `store` and deletes the segments it covers (blocking).
-    pub fn compact(&self, store: &Store, next_local_seq: u64) -> Result<CompactionReport, PersistError> {
+    /// Compacts the log (blocking): `rotate` starts a new segment under the journal
+    /// lock and returns its id with the positions the older segments reach; then a
+    /// snapshot of `store` replaces those segments.
+    pub fn compact(
+        &self,
+        store: &Store,
+        rotate: impl FnOnce(&Persist) -> Result<(u64, Positions), PersistError>,
+    ) -> Result<CompactionReport, PersistError> {
         let _one_at_a_time = self.compaction.lock();
         let started = Instant::now();
         let dir = &self.config.dir;
-        let segment = self.rotate()?;
+        let (segment, positions) = rotate(self)?;
         let tmp = dir.join("snapshot.tmp");
         let snap_err = |source| PersistError::WriteSnapshot { path: tmp.clone(), source };
         let file = File::create(&tmp).map_err(snap_err)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        let mut header = Vec::with_capacity(24);
+        let mut encoded_positions = Vec::new();
+        positions.encode(&mut encoded_positions);
+        let mut header = Vec::with_capacity(20 + encoded_positions.len());
         header.extend_from_slice(SNAPSHOT_MAGIC);
         header.extend_from_slice(&segment.to_le_bytes());
-        header.extend_from_slice(&next_local_seq.to_le_bytes());
+        header.extend_from_slice(&(encoded_positions.len() as u32).to_le_bytes());
+        header.extend_from_slice(&encoded_positions);
         out.write_all(&header).map_err(snap_err)?;
         let now = clock::now_ms();
         let mut records = 0u64;
@@ -601,7 +632,7 @@ impl Persist {
                     names.resize(i + 1, None);
                 }
                 let origin = names[i].get_or_insert_with(|| self.origin_of(rec.version.origin));
-                record::encode(&mut buf, 0, origin, rec);
+                record::encode(&mut buf, 0, 0, origin, rec);
                 records += 1;
             });
             out.write_all(&buf).map_err(snap_err)?;

@@ -5,10 +5,13 @@
 //!
 //! ```text
 //! u8  format (1)
-//! u64 seq            per-origin sequence number (0 in snapshots)
+//! u64 seq            sequence number in the origin's stream (0 in snapshots)
+//! u64 epoch          the origin's stream epoch (0 in snapshots)
 //! u64 hlc            version timestamp
 //! u64 expires_at     Unix ms, 0 = never
-//! u8  flags          bit 0: raw value, bit 1: tombstone
+//! u8  flags          bit 0: raw value, bit 1: tombstone, bit 2: positions marker
+//!                    (a marker has an empty key and its value holds encoded
+//!                    replication positions reached by a full resync)
 //! u8  origin node id length, bytes
 //! u8  origin region length, bytes
 //! u16 key length, bytes (UTF-8)
@@ -26,11 +29,15 @@ pub const MAX_PAYLOAD: usize = 64 << 20;
 
 const FLAG_RAW: u8 = 1;
 const FLAG_TOMBSTONE: u8 = 2;
+const FLAG_MARKER: u8 = 4;
 
 /// A decoded record, borrowing from the buffer it was decoded from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decoded<'a> {
     pub seq: u64,
+    pub epoch: u64,
+    /// For a positions marker: the encoded positions (and `key` is empty).
+    pub marker: Option<&'a [u8]>,
     pub hlc: u64,
     pub expires_at: Option<u64>,
     pub node_id: &'a str,
@@ -65,24 +72,42 @@ pub enum DecodeError {
     Malformed(&'static str),
 }
 
+/// Appends a positions marker (see the module docs) to `out`.
+pub fn encode_marker(out: &mut Vec<u8>, positions: &[u8]) {
+    let origin = Origin { node_id: "".into(), region: "".into() };
+    let record = RecordRef {
+        key: "",
+        version: Version { hlc: 0, origin: crate::store::OriginId::LOCAL },
+        expires_at: None,
+        value: Some(ValueRef { encoding: Encoding::Json, bytes: positions }),
+    };
+    encode_with_flags(out, 0, 0, &origin, record, FLAG_MARKER);
+}
+
 /// Appends the encoding of a record to `out`.
-pub fn encode(out: &mut Vec<u8>, seq: u64, origin: &Origin, record: RecordRef<'_>) {
+pub fn encode(out: &mut Vec<u8>, seq: u64, epoch: u64, origin: &Origin, record: RecordRef<'_>) {
+    encode_with_flags(out, seq, epoch, origin, record, 0);
+}
+
+fn encode_with_flags(out: &mut Vec<u8>, seq: u64, epoch: u64, origin: &Origin, record: RecordRef<'_>, extra: u8) {
     let node = truncate_to(origin.node_id.as_bytes(), u8::MAX as usize);
     let region = truncate_to(origin.region.as_bytes(), u8::MAX as usize);
     let key = record.key.as_bytes();
     let value = record.value.map(|v| v.bytes).unwrap_or_default();
-    let flags = match record.value {
-        None => FLAG_TOMBSTONE,
-        Some(v) if v.encoding == Encoding::Raw => FLAG_RAW,
-        Some(_) => 0,
-    };
-    let payload_len = 1 + 8 + 8 + 8 + 1 + 1 + node.len() + 1 + region.len() + 2 + key.len() + 4 + value.len();
+    let flags = extra
+        | match record.value {
+            None => FLAG_TOMBSTONE,
+            Some(v) if v.encoding == Encoding::Raw => FLAG_RAW,
+            Some(_) => 0,
+        };
+    let payload_len = 1 + 8 + 8 + 8 + 8 + 1 + 1 + node.len() + 1 + region.len() + 2 + key.len() + 4 + value.len();
     let start = out.len();
     out.reserve(HEADER_LEN + payload_len);
     out.extend_from_slice(&(payload_len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.push(FORMAT);
     out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&epoch.to_le_bytes());
     out.extend_from_slice(&record.version.hlc.to_le_bytes());
     out.extend_from_slice(&record.expires_at.unwrap_or(0).to_le_bytes());
     out.push(flags);
@@ -125,6 +150,7 @@ pub fn decode(buf: &[u8]) -> Result<(Decoded<'_>, usize), DecodeError> {
         return Err(DecodeError::Malformed("unknown record format"));
     }
     let seq = r.u64()?;
+    let epoch = r.u64()?;
     let hlc = r.u64()?;
     let expires_at = r.u64()?;
     let flags = r.u8()?;
@@ -139,6 +165,10 @@ pub fn decode(buf: &[u8]) -> Result<(Decoded<'_>, usize), DecodeError> {
     if !r.buf.is_empty() {
         return Err(DecodeError::Malformed("trailing bytes in record"));
     }
+    if flags & FLAG_MARKER != 0 {
+        let d = Decoded { seq, epoch, marker: Some(value), hlc, expires_at: None, node_id, region, key, value: None };
+        return Ok((d, total));
+    }
     if key.is_empty() {
         return Err(DecodeError::Malformed("empty key"));
     }
@@ -149,7 +179,7 @@ pub fn decode(buf: &[u8]) -> Result<(Decoded<'_>, usize), DecodeError> {
         Some(ValueRef { encoding, bytes: value })
     };
     let expires_at = (expires_at != 0).then_some(expires_at);
-    Ok((Decoded { seq, hlc, expires_at, node_id, region, key, value }, total))
+    Ok((Decoded { seq, epoch, marker: None, hlc, expires_at, node_id, region, key, value }, total))
 }
 
 struct Reader<'a> {
@@ -204,18 +234,22 @@ mod tests {
     #[test]
     fn a_tombstone_round_trips() {
         let mut buf = Vec::new();
-        encode(&mut buf, 9, &origin(), sample("k", None));
+        encode(&mut buf, 9, 3, &origin(), sample("k", None));
         let (d, used) = decode(&buf).unwrap();
         assert_eq!(used, buf.len());
         assert_eq!(d.value, None);
-        assert_eq!((d.seq, d.hlc, d.expires_at, d.key, d.node_id, d.region), (9, 42, Some(7), "k", "eu-0", "eu"));
+        assert_eq!(
+            (d.seq, d.epoch, d.hlc, d.expires_at, d.key, d.node_id, d.region),
+            (9, 3, 42, Some(7), "k", "eu-0", "eu")
+        );
+        assert_eq!(d.marker, None);
     }
 
     #[test]
     fn every_truncation_of_a_record_is_detected_as_truncated() {
         let mut buf = Vec::new();
         let v = ValueRef { encoding: Encoding::Json, bytes: b"{\"a\":1}" };
-        encode(&mut buf, 1, &origin(), sample("key", Some(v)));
+        encode(&mut buf, 1, 1, &origin(), sample("key", Some(v)));
         for cut in 0..buf.len() {
             assert!(matches!(decode(&buf[..cut]), Err(DecodeError::Truncated { .. })), "cut at {cut}");
         }
@@ -225,7 +259,7 @@ mod tests {
     fn a_flipped_bit_anywhere_is_detected() {
         let mut buf = Vec::new();
         let v = ValueRef { encoding: Encoding::Raw, bytes: b"hello" };
-        encode(&mut buf, 1, &origin(), sample("key", Some(v)));
+        encode(&mut buf, 1, 1, &origin(), sample("key", Some(v)));
         for i in 0..buf.len() {
             for bit in 0..8 {
                 let mut bad = buf.clone();
@@ -236,6 +270,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_positions_marker_round_trips() {
+        let mut buf = Vec::new();
+        encode_marker(&mut buf, b"positions");
+        let (d, used) = decode(&buf).unwrap();
+        assert_eq!(used, buf.len());
+        assert_eq!(d.marker, Some(&b"positions"[..]));
     }
 
     proptest! {
@@ -250,11 +293,12 @@ mod tests {
             let value = (!tombstone).then_some(ValueRef { encoding, bytes: &value });
             let rec = RecordRef { key: &key, version: Version { hlc, origin: OriginId::LOCAL }, expires_at: (expires != 0).then_some(expires), value };
             let mut buf = Vec::new();
-            encode(&mut buf, seq, &origin, rec);
+            encode(&mut buf, seq, seq ^ 1, &origin, rec);
             let (d, used) = decode(&buf).unwrap();
             prop_assert_eq!(used, buf.len());
             prop_assert_eq!(d.record(OriginId::LOCAL), rec);
             prop_assert_eq!(d.seq, seq);
+            prop_assert_eq!(d.epoch, seq ^ 1);
             prop_assert_eq!(d.node_id, node.as_str());
             prop_assert_eq!(d.region, region.as_str());
         }

@@ -1,7 +1,9 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::clock::Hlc;
 use crate::db::{Db, Expiry, Limits};
+use crate::journal::Journal;
 use crate::store::{StoreConfig, Value};
 
 struct Opened {
@@ -19,8 +21,10 @@ fn open(dir: &Path, fsync: FsyncPolicy, compact_min_bytes: u64) -> Opened {
         store.apply(r, now);
     })
     .unwrap();
-    let db = Db::new(store, Limits::default(), Some(Arc::new(persist)), metrics);
-    db.set_next_seq(report.next_local_seq);
+    let local = Origin { node_id: "eu-0".into(), region: "eu".into() };
+    let stream = StreamId::new("eu-0", clock::now_ms());
+    let journal = Journal::new(stream, local, Some(Arc::new(persist)), report.positions.clone(), Some(1 << 20));
+    let db = Db::new(store, Hlc::new(), Limits::default(), journal, metrics);
     Opened { db, report }
 }
 
@@ -62,7 +66,9 @@ async fn acknowledged_writes_survive_a_crash_without_any_sync() {
     assert_eq!(value(&o.db, "k42").as_deref(), Some("{\"i\":42}"));
     assert_eq!(value(&o.db, "k7"), None);
     assert_eq!(o.db.store().tombstones(), 1);
-    assert_eq!(o.report.next_local_seq, 102);
+    // The positions of the stream that wrote them are recovered.
+    assert_eq!(o.report.positions.len(), 1);
+    assert_eq!(o.report.positions.iter().next().map(|(_, seq)| seq), Some(101));
 }
 
 #[tokio::test]
@@ -141,7 +147,7 @@ async fn compaction_bounds_the_log_and_keeps_every_entry() {
             let w = o.db.delete("k0").unwrap();
             o.db.wait_durable(w.lsn).await.unwrap();
             if persist.should_compact() {
-                let r = persist.compact(o.db.store(), o.db.next_seq()).unwrap();
+                let r = o.db.compact().unwrap().unwrap();
                 assert_eq!(r.records, 20, "round {round}: 19 entries and 1 tombstone");
             }
         }
@@ -157,7 +163,8 @@ async fn compaction_bounds_the_log_and_keeps_every_entry() {
     assert_eq!(value(&o.db, "k0"), None);
     assert_eq!(value(&o.db, "k5").as_deref(), Some(big.as_str()));
     assert_eq!(value(&o.db, "after").as_deref(), Some("true"));
-    assert_eq!(o.report.next_local_seq, 20 * 21 + 2);
+    // Positions survive compaction: in the snapshot header, then the log after it.
+    assert_eq!(o.report.positions.iter().next().map(|(_, seq)| seq), Some(20 * 21 + 1));
 }
 
 #[tokio::test]
@@ -167,7 +174,7 @@ async fn a_snapshot_without_its_end_marker_is_reported() {
         let o = open(dir.path(), FsyncPolicy::EverySecond, 1);
         put(&o.db, "a", "1", Expiry::Never).await;
         put(&o.db, "b", "2", Expiry::Never).await;
-        o.db.persist().unwrap().compact(o.db.store(), o.db.next_seq()).unwrap();
+        o.db.compact().unwrap().unwrap();
     }
     let snap = fs::read_dir(dir.path())
         .unwrap()

@@ -415,16 +415,30 @@ impl Store {
         Ok((reply, Some((version, committed))))
     }
 
-    /// Applies a write that already has a version (from the log or a peer):
+    /// Applies a write that already has a version (from the log or a snapshot):
     /// last-writer-wins. Returns whether it changed the store.
     pub fn apply(&self, record: RecordRef<'_>, now_ms: u64) -> bool {
+        self.apply_gated::<(), (), _>(record, now_ms, || Ok(()), |(), changed| changed).unwrap_or(false)
+    }
+
+    /// Like [`Store::apply`], but under the shard lock first asks `gate` whether to
+    /// apply at all, and then hands what `gate` gave and whether the store changed to
+    /// `commit` — still under the lock (replication numbers and logs records there).
+    pub fn apply_gated<G, E, R>(
+        &self,
+        record: RecordRef<'_>,
+        now_ms: u64,
+        gate: impl FnOnce() -> Result<G, E>,
+        commit: impl FnOnce(G, bool) -> R,
+    ) -> Result<R, E> {
         let (hash, shard) = self.locate(record.key);
         let mut s = shard.lock();
+        let granted = gate()?;
         let pos = s.find(hash, record.key.as_bytes());
         if let Some(p) = pos
             && self.cmp_versions(s.slots[p].version(), record.version) != CmpOrdering::Less
         {
-            return false;
+            return Ok(commit(granted, false));
         }
         let gone = match record.value {
             Some(_) => record.expires_at.is_some_and(|at| at <= now_ms),
@@ -437,7 +451,7 @@ impl Store {
                 let old = s.remove(p, &self.hasher);
                 self.used.fetch_sub(old.accounted(), Ordering::Relaxed);
             }
-            return pos.is_some();
+            return Ok(commit(granted, pos.is_some()));
         }
         let slot = Slot::new(record.key, record.version, record.expires_at, record.value, self.access_now(now_ms));
         let added = slot.accounted();
@@ -449,9 +463,10 @@ impl Store {
             None => s.insert(hash, slot, &self.hasher),
         }
         self.used.fetch_add(added, Ordering::Relaxed);
+        let result = commit(granted, true);
         drop(s);
         self.enforce_memory_limit(now_ms);
-        true
+        Ok(result)
     }
 
     /// Number of keys (tombstones excluded; expired entries count until swept).

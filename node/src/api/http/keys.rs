@@ -23,15 +23,12 @@ struct WriteBody<'a> {
     key: &'a str,
     version: String,
     expires_at: Option<String>,
+    /// Read-your-writes token: pass it as `X-Geocache-After` to a read in any region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
 }
 
-/// Write acknowledgement levels (`?ack=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ack {
-    Local,
-    Region,
-    Global,
-}
+use crate::replication::{AckLevel as Ack, Token};
 
 /// The decoded query string.
 #[derive(Debug, Default)]
@@ -194,7 +191,10 @@ where
         state.db.check_key(&key)?;
         let query = parse_query(raw_query)?;
         match (route, method.clone()) {
-            ("keys", Method::GET) | ("keys", Method::HEAD) => get(state, &key),
+            ("keys", Method::GET) | ("keys", Method::HEAD) => {
+                wait_for_after(state, headers).await?;
+                get(state, &key)
+            }
             ("keys", Method::PUT) => {
                 require_media_type(headers, &["application/json"], true)?;
                 let ack = parse_ack(&query)?;
@@ -248,27 +248,57 @@ fn get(state: &NodeState, key: &str) -> Result<Response, ApiError> {
     Ok(response)
 }
 
-/// Waits for the write to be durable (and, later, replicated as `ack` asks).
-async fn acknowledge<R>(state: &NodeState, written: &Written<R>, _ack: Ack) -> Result<(), ApiError> {
-    // Replication is not part of this build: with no peers, `region` and `global`
-    // are met as soon as the write is applied and logged here.
+/// `X-Geocache-After: <token>`: waits until this node applied that write.
+async fn wait_for_after(state: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(raw) = headers.get("x-geocache-after") else { return Ok(()) };
+    let token =
+        raw.to_str().ok().and_then(Token::parse).ok_or_else(|| {
+            ApiError::bad_request("invalid_token", "X-Geocache-After is not a token returned by a write")
+        })?;
+    crate::replication::wait_for_token(state, &token)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_caught_up", e.0))
+}
+
+/// Waits for the write to be durable here, then confirmed at the `ack` level.
+async fn acknowledge<R>(state: &NodeState, written: &Written<R>, ack: Ack) -> Result<(), ApiError> {
     state.db.wait_durable(written.lsn).await?;
+    if let Some(seq) = written.seq {
+        let stream = state.db.journal().local_stream();
+        state
+            .replication
+            .wait_for_ack(stream, seq, ack)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::GATEWAY_TIMEOUT, "ack_timeout", e.0))?;
+    }
     Ok(())
 }
 
-fn write_response(
+fn token_of<R>(state: &NodeState, written: &Written<R>) -> Option<String> {
+    written.seq.map(|seq| Token { stream: state.db.journal().local_stream().clone(), seq }.to_string())
+}
+
+fn write_response<R>(
     state: &NodeState,
     key: &str,
     status: StatusCode,
-    version: Option<Version>,
+    written: &Written<R>,
     expires_at: Option<u64>,
 ) -> Response {
+    let token = token_of(state, written);
     let body = WriteBody {
         key,
-        version: version.map(|v| version_string(state, v)).unwrap_or_default(),
+        version: written.version.map(|v| version_string(state, v)).unwrap_or_default(),
         expires_at: expires_at.map(rfc3339_ms),
+        token: token.clone(),
     };
-    json_response(status, &body)
+    let mut response = json_response(status, &body);
+    if let Some(t) = token
+        && let Ok(v) = HeaderValue::from_str(&t)
+    {
+        response.headers_mut().insert("x-geocache-token", v);
+    }
+    response
 }
 
 async fn put(
@@ -287,7 +317,7 @@ async fn put(
     acknowledge(state, &written, ack).await?;
     let PutOutcome { created, expires_at } = written.reply;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(write_response(state, key, status, written.version, expires_at))
+    Ok(write_response(state, key, status, &written, expires_at))
 }
 
 async fn patch(
@@ -318,7 +348,7 @@ async fn patch(
     acknowledge(state, &written, ack).await?;
     let PutOutcome { created, expires_at } = written.reply;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(write_response(state, key, status, written.version, expires_at))
+    Ok(write_response(state, key, status, &written, expires_at))
 }
 
 async fn delete(state: &NodeState, key: &str, ack: Ack) -> Result<Response, ApiError> {
@@ -329,6 +359,11 @@ async fn delete(state: &NodeState, key: &str, ack: Ack) -> Result<Response, ApiE
     acknowledge(state, &written, ack).await?;
     let mut response = Response::new(bytes::Bytes::new().into());
     *response.status_mut() = StatusCode::NO_CONTENT;
+    if let Some(t) = token_of(state, &written)
+        && let Ok(v) = HeaderValue::from_str(&t)
+    {
+        response.headers_mut().insert("x-geocache-token", v);
+    }
     Ok(response)
 }
 
@@ -350,5 +385,5 @@ async fn expire(state: &NodeState, key: &str, ttl: Option<&str>, ack: Ack) -> Re
     let Some(outcome) = &written.reply else { return Err(ApiError::not_found(key)) };
     let expires_at = outcome.expires_at;
     acknowledge(state, &written, ack).await?;
-    Ok(write_response(state, key, StatusCode::OK, written.version, expires_at))
+    Ok(write_response(state, key, StatusCode::OK, &written, expires_at))
 }

@@ -10,13 +10,12 @@ use crate::store::{Origin, OriginTable, Store, StoreConfig};
 
 fn state() -> Arc<NodeState> {
     let origins = Arc::new(OriginTable::new(Origin { node_id: "eu-0".into(), region: "eu".into() }));
-    let db = Db::new(
+    let db = Db::standalone(
         Store::new(StoreConfig::default(), origins),
         Limits { max_key_bytes: 16, max_value_bytes: 64 },
-        None,
         Arc::new(Metrics::default()),
     );
-    let state = Arc::new(NodeState::new(db, NodeInfo { node_id: "eu-0".into(), region: "eu".into() }, None));
+    let state = Arc::new(NodeState::standalone(db, NodeInfo { node_id: "eu-0".into(), region: "eu".into() }, None));
     state.set_ready(true);
     state
 }

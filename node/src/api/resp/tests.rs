@@ -25,8 +25,8 @@ struct Server {
 
 async fn start(limits: Limits) -> Server {
     let origins = Arc::new(OriginTable::new(Origin { node_id: "eu-0".into(), region: "eu".into() }));
-    let db = Db::new(Store::new(StoreConfig::default(), origins), limits, None, Arc::new(Metrics::default()));
-    let state = Arc::new(NodeState::new(db, NodeInfo { node_id: "eu-0".into(), region: "eu".into() }, None));
+    let db = Db::standalone(Store::new(StoreConfig::default(), origins), limits, Arc::new(Metrics::default()));
+    let state = Arc::new(NodeState::standalone(db, NodeInfo { node_id: "eu-0".into(), region: "eu".into() }, None));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (shutdown, rx) = watch::channel(false);

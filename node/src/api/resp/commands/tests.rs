@@ -19,8 +19,8 @@ struct Harness {
 
 fn node_state(default_ttl_ms: Option<u64>, limits: Limits) -> Arc<NodeState> {
     let origins = Arc::new(OriginTable::new(Origin { node_id: "eu-0".into(), region: "eu".into() }));
-    let db = Db::new(Store::new(StoreConfig::default(), origins), limits, None, Arc::new(Metrics::default()));
-    Arc::new(NodeState::new(db, NodeInfo { node_id: "eu-0".into(), region: "eu".into() }, default_ttl_ms))
+    let db = Db::standalone(Store::new(StoreConfig::default(), origins), limits, Arc::new(Metrics::default()));
+    Arc::new(NodeState::standalone(db, NodeInfo { node_id: "eu-0".into(), region: "eu".into() }, default_ttl_ms))
 }
 
 impl Harness {
