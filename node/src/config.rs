@@ -60,7 +60,7 @@ pub struct Flags {
     #[arg(long, env = "GEOCACHE_MAX_VALUE_BYTES", default_value = "1mb")]
     pub max_value_bytes: String,
     /// How long a delete's tombstone is kept, e.g. `24h`.
-    #[arg(long, env = "GEOCACHE_TOMBSTONE_RETENTION", default_value = "24h")]
+    #[arg(long, env = "GEOCACHE_TOMBSTONE_RETENTION", default_value = "1h")]
     pub tombstone_retention: String,
     /// Compact the log once it exceeds this size and the last snapshot's, e.g. `64mb`.
     #[arg(long, env = "GEOCACHE_COMPACT_MIN", default_value = "64mb")]

@@ -8,10 +8,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, ValidationRule,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
@@ -47,15 +47,10 @@ pub const MAX_REGION_NAME_LEN: usize = 40;
     status = "GeoCacheStatus",
     derive = "PartialEq",
     doc = "A geo-distributed JSON cache: one StatefulSet of cache nodes per region, wired to replicate to each other.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready", description = "Regions ready / regions"),
-    printcolumn(name = "Regions", type_ = "string", json_path = ".status.regionNames", description = "Region names"),
-    printcolumn(
-        name = "Max-Lag",
-        type_ = "string",
-        json_path = ".status.maxLag",
-        description = "Highest replication lag any node reports"
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.ready","description":"Regions ready / regions"}"#,
+    printcolumn = r#"{"name":"Regions","type":"string","jsonPath":".status.regionNames","description":"Region names"}"#,
+    printcolumn = r#"{"name":"Max-Lag","type":"string","jsonPath":".status.maxLag","description":"Highest replication lag any node reports"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GeoCacheSpec {
@@ -264,12 +259,7 @@ pub struct Persistence {
 
 impl Default for Persistence {
     fn default() -> Self {
-        Persistence {
-            enabled: false,
-            fsync: Fsync::default(),
-            size: default_storage_size(),
-            storage_class_name: None,
-        }
+        Persistence { enabled: false, fsync: Fsync::default(), size: default_storage_size(), storage_class_name: None }
     }
 }
 

@@ -1,6 +1,29 @@
-//! The GeoCache operator library. It reads the nodes' status documents, whose type
-//! lives in the node crate so that both sides share one definition.
+//! The GeoCache operator: it turns a `GeoCache` resource into one fleet of cache nodes per
+//! region, across clusters, wires the regions to replicate to each other, and reports
+//! replication health in the resource's status.
+//!
+//! The reconcile pipeline is `dereference -> validate -> build -> apply -> update status`:
+//! [`validate`] and [`build`] are pure, and so is the status computation in [`status`];
+//! only the controller talks to clusters.
 
+pub mod build;
+pub mod clusters;
+pub mod controller;
+pub mod crd;
+pub mod endpoints;
+pub mod error;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod names;
+pub mod status;
+pub mod validate;
+
+#[cfg(test)]
+mod fixtures;
+
+pub use crd::{GeoCache, GeoCacheSpec, GeoCacheStatus};
+pub use error::Error;
 pub use geocache_node::StatusDocument;
 
 /// Parses a node's `GET /v1/status` body.

@@ -100,7 +100,10 @@ mod tests {
     fn pods_get_stable_dns_names_under_the_headless_service() {
         let names = RegionNames::new("cache", "eu");
         assert_eq!(names.pod_host(0, "prod", "cluster.local"), "cache-eu-0.cache-eu-peers.prod.svc.cluster.local");
-        assert_eq!(names.replication_service_addr("prod", "cluster.local"), "cache-eu-replication.prod.svc.cluster.local:7946");
+        assert_eq!(
+            names.replication_service_addr("prod", "cluster.local"),
+            "cache-eu-replication.prod.svc.cluster.local:7946"
+        );
     }
 
     #[test]

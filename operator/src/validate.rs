@@ -178,7 +178,9 @@ pub fn validate(gc: &GeoCache) -> Result<Plan, InvalidSpec> {
             let overrides = region.storage.clone().unwrap_or_default();
             VolumePlan {
                 size: overrides.size.unwrap_or_else(|| spec.persistence.size.clone()),
-                storage_class_name: overrides.storage_class_name.or_else(|| spec.persistence.storage_class_name.clone()),
+                storage_class_name: overrides
+                    .storage_class_name
+                    .or_else(|| spec.persistence.storage_class_name.clone()),
             }
         });
         regions.push(RegionPlan {
@@ -300,6 +302,28 @@ mod tests {
         assert_eq!(eu.resources, default_resources());
         assert_eq!(eu.storage, None);
         assert_eq!(eu.cluster_domain, "cluster.local");
+    }
+
+    #[test]
+    fn a_yaml_object_without_optional_fields_gets_the_schema_defaults() {
+        let gc = crate::fixtures::from_yaml(
+            "
+apiVersion: geocache.dev/v1alpha1
+kind: GeoCache
+metadata: {name: cache, namespace: prod}
+spec:
+  image: geocache/node:0.1.0
+  regions:
+    - name: eu
+      replicas: 1
+",
+        );
+        let plan = validate(&gc).unwrap();
+        assert_eq!(plan.namespace, "prod");
+        assert_eq!(plan.max_memory, "512mb");
+        assert_eq!(plan.fsync, Fsync::EverySecond);
+        assert_eq!(plan.regions[0].replicas, 1);
+        assert_eq!(plan.regions[0].cluster, None);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub const REDIS_CLI_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of a node's log is printed when a test fails.
 const LOG_TAIL_BYTES: usize = 64 * 1024;
 
+pub mod fleet;
+
 // ---------------------------------------------------------------------------------
 // Small utilities
 // ---------------------------------------------------------------------------------
@@ -229,6 +231,10 @@ pub struct NodeOptions {
     pub env: Vec<(OsString, OsString)>,
     pub ready_timeout: Duration,
     pub stop_timeout: Duration,
+    /// The node's addresses; `None`: a random loopback IP with free ports, chosen at
+    /// start. Choose them beforehand ([`NodeAddrs::pick`]) when other nodes need to
+    /// know them first, e.g. as `--peers`.
+    pub addrs: Option<NodeAddrs>,
 }
 
 impl Default for NodeOptions {
@@ -245,6 +251,7 @@ impl Default for NodeOptions {
             env: Vec::new(),
             ready_timeout: DEFAULT_READY_TIMEOUT,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            addrs: None,
         }
     }
 }
@@ -314,6 +321,57 @@ impl NodeOptions {
         self.stop_timeout = timeout;
         self
     }
+    /// Listen on these addresses (see [`NodeAddrs::pick`]).
+    pub fn addrs(mut self, addrs: NodeAddrs) -> Self {
+        self.addrs = Some(addrs);
+        self
+    }
+}
+
+/// The addresses of one node: one loopback IP, three ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeAddrs {
+    pub ip: Ipv4Addr,
+    pub http: SocketAddr,
+    pub resp: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+impl NodeAddrs {
+    /// A random loopback IP `127.x.y.z` (never `127.0.x.x`) with three ports that were
+    /// free a moment ago (bound to port 0, then released).
+    pub fn pick() -> NodeAddrs {
+        let (ip, [http, resp, peer]) = pick_addresses();
+        NodeAddrs { ip, http, resp, peer }
+    }
+}
+
+/// The `geocache-node` binary for tests outside the node crate, which cannot use
+/// `CARGO_BIN_EXE_geocache-node`: `$GEOCACHE_NODE_BIN` when set, else the binary next
+/// to the running test executable's directory (`target/<profile>/deps/x-hash` →
+/// `target/<profile>/geocache-node`), which `cargo test --workspace` builds before it
+/// runs any test. Panics with what to do when it is missing.
+pub fn node_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("GEOCACHE_NODE_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(bin.is_file(), "GEOCACHE_NODE_BIN={} is not a file", bin.display());
+        return bin;
+    }
+    let exe = std::env::current_exe().expect("the path of the running test executable");
+    let profile_dir = exe
+        .parent()
+        .filter(|d| d.file_name().is_some_and(|n| n == "deps"))
+        .and_then(Path::parent)
+        .or_else(|| exe.parent())
+        .unwrap_or_else(|| panic!("cannot find the target directory from {}", exe.display()));
+    let bin = profile_dir.join("geocache-node");
+    assert!(
+        bin.is_file(),
+        "the geocache-node binary is missing at {}: build it first (`cargo build -p geocache-node`; \
+         `cargo test --workspace` builds it too), or set GEOCACHE_NODE_BIN",
+        bin.display()
+    );
+    bin
 }
 
 /// A `geocache-node` process on a random loopback address `127.x.y.z`.
@@ -403,11 +461,20 @@ impl NodeProcess {
     /// and the Redis port (when on) accepts connections. Panics, printing the node's
     /// log, when the node exits or is not ready within `opts.ready_timeout`.
     pub fn start(bin: &Path, opts: NodeOptions) -> NodeProcess {
+        let mut node = NodeProcess::spawn(bin, opts);
+        node.wait_ready();
+        node
+    }
+
+    /// Like [`start`](Self::start) but returns as soon as the process is started; call
+    /// [`wait_ready`](Self::wait_ready) later, e.g. to start a whole fleet at once.
+    pub fn spawn(bin: &Path, opts: NodeOptions) -> NodeProcess {
         let tmp = tempfile::Builder::new()
             .prefix("geocache-node-")
             .tempdir()
             .expect("create a temporary directory for the node");
-        let (ip, [http_addr, resp_addr, peer_addr]) = pick_addresses();
+        let NodeAddrs { ip, http: http_addr, resp: resp_addr, peer: peer_addr } =
+            opts.addrs.unwrap_or_else(NodeAddrs::pick);
         let data_dir = match &opts.data_dir {
             DataDir::None => None,
             DataDir::Temp => {
@@ -433,7 +500,7 @@ impl NodeProcess {
             log_printed: false,
             tmp: Some(tmp),
         };
-        node.spawn_and_wait_ready();
+        node.spawn_process();
         node
     }
 
@@ -471,6 +538,11 @@ impl NodeProcess {
     }
 
     fn spawn_and_wait_ready(&mut self) {
+        self.spawn_process();
+        self.wait_ready();
+    }
+
+    fn spawn_process(&mut self) {
         assert!(self.child.is_none(), "the node is already running");
         self.starts += 1;
         let mut cmd = self.command();
@@ -490,10 +562,11 @@ impl NodeProcess {
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
         self.child = Some(child);
         self.last_exit = None;
-        self.wait_ready();
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until `GET /readyz` answers 200 and the Redis port (when on) accepts
+    /// connections, at most the ready timeout; panics (printing the log) otherwise.
+    pub fn wait_ready(&mut self) {
         let started = Instant::now();
         let deadline = started + self.opts.ready_timeout;
         let mut last: String;

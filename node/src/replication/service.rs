@@ -236,6 +236,58 @@ impl Replication {
             .collect()
     }
 
+    /// Replication metrics in the Prometheus text format.
+    pub fn render_metrics(&self, state: &NodeState, out: &mut String) {
+        use std::fmt::Write as _;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let c = &self.counters;
+        let peers = self.peer_statuses(state);
+        let (backlog_bytes, backlog_records) = {
+            let st = state.db.journal().lock();
+            (st.backlog.bytes(), st.backlog.len())
+        };
+        let up = peers.iter().filter(|p| p.state == PeerState::Up).count();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        metric(
+            "geocache_replication_peers",
+            "gauge",
+            "Peers by state.",
+            &[("{state=\"up\"}".into(), up as u64), ("{state=\"down\"}".into(), (peers.len() - up) as u64)],
+        );
+        let per_peer = |f: &dyn Fn(&PeerStatus) -> u64| -> Vec<(String, u64)> {
+            peers
+                .iter()
+                .map(|p| (format!("{{peer=\"{}\",region=\"{}\"}}", label(&p.node_id, &p.addr), p.region), f(p)))
+                .collect()
+        };
+        metric("geocache_replication_lag_writes", "gauge", "Writes a peer has not confirmed.", &per_peer(&|p| p.lag.writes));
+        metric("geocache_replication_lag_ms", "gauge", "Age of the oldest write a peer has not confirmed.", &per_peer(&|p| p.lag.ms));
+        metric("geocache_replication_backlog_bytes", "gauge", "Bytes of recent writes kept for peers.", &[(String::new(), backlog_bytes as u64)]);
+        metric("geocache_replication_backlog_records", "gauge", "Recent writes kept for peers.", &[(String::new(), backlog_records as u64)]);
+        metric(
+            "geocache_replication_resyncs_total",
+            "counter",
+            "Links (re)started, by how they caught up: from the backlog or with a full snapshot.",
+            &[
+                ("{kind=\"backlog\"}".into(), load(&c.backlog_resumes)),
+                ("{kind=\"snapshot\"}".into(), load(&c.snapshots_sent)),
+            ],
+        );
+        metric("geocache_replication_snapshots_received_total", "counter", "Full snapshots received from peers.", &[(String::new(), load(&c.snapshots_received))]);
+        metric("geocache_replication_records_sent_total", "counter", "Records pushed to peers.", &[(String::new(), load(&c.records_sent))]);
+        metric("geocache_replication_records_received_total", "counter", "Records received from peers and applied.", &[(String::new(), load(&c.records_received))]);
+        metric("geocache_replication_duplicates_total", "counter", "Records received that were already applied.", &[(String::new(), load(&c.duplicates))]);
+        metric("geocache_replication_gaps_total", "counter", "Links closed because records were missing before a received one.", &[(String::new(), load(&c.gaps))]);
+        metric("geocache_replication_dropped_frames_total", "counter", "Links closed after a malformed or unexpected frame.", &[(String::new(), load(&c.dropped_frames))]);
+        metric("geocache_replication_link_errors_total", "counter", "Peer links that ended with an error.", &[(String::new(), load(&c.link_errors))]);
+        metric("geocache_replication_clock_skew_reports_total", "counter", "Times a peer's clock was seen beyond --max-clock-skew.", &[(String::new(), load(&c.skewed_peers))]);
+    }
+
     /// Waits until the write `seq` of our stream `stream` is confirmed at `level`.
     pub async fn wait_for_ack(&self, stream: &StreamId, seq: u64, level: AckLevel) -> Result<(), AckTimeout> {
         if level == AckLevel::Local {
@@ -290,6 +342,12 @@ impl Replication {
                 .collect(),
         }
     }
+}
+
+/// A Prometheus label value: the node id, or the address when it is not known yet.
+fn label(node_id: &str, addr: &str) -> String {
+    let v = if node_id.is_empty() { addr } else { node_id };
+    v.replace(['\\', '"', '\n'], "_")
 }
 
 /// Waits until this node applied write `token` (read-your-writes).

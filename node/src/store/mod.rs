@@ -120,7 +120,7 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { shards: 64, max_memory: None, tombstone_retention_ms: 24 * 3600 * 1000 }
+        StoreConfig { shards: 64, max_memory: None, tombstone_retention_ms: 3600 * 1000 }
     }
 }
 
@@ -166,6 +166,11 @@ impl Slot {
     }
     fn is_expired(&self, now_ms: u64) -> bool {
         self.expires_at != 0 && self.expires_at <= now_ms
+    }
+    /// When the key became absent (for a tombstone or an expired entry): the later of
+    /// the write and the expiry. Retention counts from here.
+    fn absent_since(&self) -> u64 {
+        clock::physical_ms(self.hlc).max(self.expires_at)
     }
     fn is_live(&self, now_ms: u64) -> bool {
         !self.is_tombstone() && !self.is_expired(now_ms)
@@ -440,19 +445,21 @@ impl Store {
         {
             return Ok(commit(granted, false));
         }
-        let gone = match record.value {
-            Some(_) => record.expires_at.is_some_and(|at| at <= now_ms),
-            None => clock::physical_ms(record.version.hlc) + self.config.tombstone_retention_ms <= now_ms,
-        };
-        if gone {
-            // Newer than what we hold, but already expired (or a tombstone past its
-            // retention): the key is absent.
+        // An expired value is as absent as a tombstone: keep it as one (so that older
+        // writes cannot come back) until its retention has passed.
+        let expired = record.value.is_some() && record.expires_at.is_some_and(|at| at <= now_ms);
+        let absent_since = clock::physical_ms(record.version.hlc).max(record.expires_at.unwrap_or(0));
+        let absent = record.value.is_none() || expired;
+        if absent && absent_since + self.config.tombstone_retention_ms <= now_ms {
+            // Newer than what we hold, but absent for longer than the retention: the
+            // key is simply absent.
             if let Some(p) = pos {
                 let old = s.remove(p, &self.hasher);
                 self.used.fetch_sub(old.accounted(), Ordering::Relaxed);
             }
             return Ok(commit(granted, pos.is_some()));
         }
+        let record = if expired { RecordRef { value: None, ..record } } else { record };
         let slot = Slot::new(record.key, record.version, record.expires_at, record.value, self.access_now(now_ms));
         let added = slot.accounted();
         match pos {
@@ -496,13 +503,19 @@ impl Store {
 
     /// Calls `f` with every record of shard `shard` (live entries and tombstones within
     /// retention), under that shard's lock.
+    ///
+    /// An expired entry is given as a tombstone of the same version: absent, but still
+    /// able to stop an older write from coming back.
     pub fn scan_shard(&self, shard: usize, now_ms: u64, mut f: impl FnMut(RecordRef<'_>)) {
+        let retention = self.config.tombstone_retention_ms;
         let s = self.shards[shard].lock();
         for slot in &s.slots {
-            if slot.is_expired(now_ms) && !slot.is_tombstone() {
+            let absent = slot.is_tombstone() || slot.is_expired(now_ms);
+            if absent && slot.absent_since() + retention <= now_ms {
                 continue;
             }
-            f(slot.record());
+            let record = slot.record();
+            f(if absent { RecordRef { value: None, ..record } } else { record });
         }
     }
 
@@ -521,12 +534,24 @@ impl Store {
                 let pos = s.cursor;
                 let slot = &s.slots[pos];
                 let expired = !slot.is_tombstone() && slot.is_expired(now_ms);
-                let stale = slot.is_tombstone() && clock::physical_ms(slot.hlc) < tombstone_cutoff;
-                if expired || stale {
+                let stale = (slot.is_tombstone() || expired) && slot.absent_since() < tombstone_cutoff;
+                if stale {
                     let old = s.remove(pos, &self.hasher);
                     self.used.fetch_sub(old.accounted(), Ordering::Relaxed);
                     if expired { freed.expired += 1 } else { freed.tombstones += 1 }
                     // The last slot moved into `pos`: look at it next.
+                } else if expired {
+                    // Free the value, keep the version as a tombstone until retention.
+                    let tombstone = {
+                        let r = slot.record();
+                        Slot::new(r.key, r.version, r.expires_at, None, slot.access)
+                    };
+                    let added = tombstone.accounted();
+                    let old = s.replace(pos, tombstone);
+                    self.used.fetch_sub(old.accounted(), Ordering::Relaxed);
+                    self.used.fetch_add(added, Ordering::Relaxed);
+                    freed.expired += 1;
+                    s.cursor += 1;
                 } else {
                     s.cursor += 1;
                 }
@@ -538,13 +563,39 @@ impl Store {
         freed
     }
 
+    /// Drops the oldest of a few sampled tombstones in one shard.
+    fn evict_tombstone(&self, seed: usize) -> bool {
+        for k in 0..self.shards.len() {
+            let i = (seed + k) & self.shard_mask;
+            let mut s = self.shards[i].lock();
+            if s.slots.len() == s.live {
+                continue;
+            }
+            let mut best: Option<(u64, usize)> = None;
+            for _ in 0..20 {
+                let pos = fastrand::usize(..s.slots.len());
+                let slot = &s.slots[pos];
+                if slot.is_tombstone() && best.is_none_or(|(since, _)| slot.absent_since() < since) {
+                    best = Some((slot.absent_since(), pos));
+                }
+            }
+            if let Some((_, pos)) = best {
+                let old = s.remove(pos, &self.hasher);
+                self.used.fetch_sub(old.accounted(), Ordering::Relaxed);
+                self.counters.tombstones_purged.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
     /// Evicts cold entries while the accounted memory exceeds `--max-memory`.
     /// Eviction is local: it writes no tombstone and is never replicated.
     ///
     /// Approximated LRU across shards: each round samples a few entries in each of a
     /// few random shards and evicts the least recently used of them (an expired one
-    /// wins outright). Tombstones are never evicted: dropping one early could let an
-    /// older write resurrect its key.
+    /// wins outright). Tombstones go only when nothing else is left to evict: dropping
+    /// one early could let an older write resurrect its key.
     fn enforce_memory_limit(&self, now_ms: u64) -> Freed {
         const SHARDS_PER_ROUND: usize = 4;
         const SAMPLES: usize = 5;
@@ -590,7 +641,14 @@ impl Store {
                 }
             }
             let Some((expired, _, hlc, shard, pos, access)) = best else {
-                fruitless += 1;
+                // Only tombstones left where we looked: under memory pressure the oldest
+                // of them go too (the price is that a write older than such a delete,
+                // arriving later, could bring the key back).
+                if self.evict_tombstone(first) {
+                    freed.tombstones += 1;
+                } else {
+                    fruitless += 1;
+                }
                 continue;
             };
             let mut s = self.shards[shard].lock();

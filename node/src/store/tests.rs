@@ -214,3 +214,40 @@ proptest! {
         prop_assert_eq!(a.memory_bytes(), b.memory_bytes());
     }
 }
+
+#[test]
+fn a_swept_expired_entry_still_stops_an_older_write_from_coming_back() {
+    let s = store();
+    s.apply(
+        Record { expires_at: Some(NOW + 10), ..record("k", Some("\"new\""), clock::pack(NOW, 5), OriginId::LOCAL) }
+            .as_ref(),
+        NOW,
+    );
+    let freed = s.sweep(NOW + 20, 100);
+    assert_eq!(freed.expired, 1);
+    assert_eq!(s.tombstones(), 1, "the expired entry is kept as a tombstone");
+    // A write older than the expired one arrives late: it must not resurrect the key.
+    assert!(!s.apply(record("k", Some("\"old\""), clock::pack(NOW, 1), OriginId::LOCAL).as_ref(), NOW + 20));
+    assert!(s.get("k", NOW + 20).is_none());
+}
+
+#[test]
+fn snapshots_give_expired_entries_as_tombstones_of_the_same_version() {
+    let s = store();
+    s.apply(
+        Record { expires_at: Some(NOW + 10), ..record("k", Some("1"), clock::pack(NOW, 5), OriginId::LOCAL) }.as_ref(),
+        NOW,
+    );
+    let mut seen = Vec::new();
+    for i in 0..s.shard_count() {
+        s.scan_shard(i, NOW + 20, |r| seen.push(r.to_owned()));
+    }
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].value, None);
+    assert_eq!(seen[0].version.hlc, clock::pack(NOW, 5));
+    // A replica holding an older live version drops it when it applies this.
+    let other = store();
+    other.apply(record("k", Some("0"), clock::pack(NOW, 1), OriginId::LOCAL).as_ref(), NOW);
+    other.apply(seen[0].as_ref(), NOW + 20);
+    assert!(other.get("k", NOW + 20).is_none());
+}

@@ -16,9 +16,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 
 use super::metadata;
-use crate::names::{
-    DATA_DIR, HTTP_PORT, PEER_PORT, PEERS_DIR, PEERS_FILE_KEY, RESP_PORT, labels, selector_labels,
-};
+use crate::names::{DATA_DIR, HTTP_PORT, PEER_PORT, PEERS_DIR, PEERS_FILE_KEY, RESP_PORT, labels, selector_labels};
 use crate::validate::{Plan, RegionPlan};
 
 /// User and group the node runs as (the node image's non-root user).
@@ -47,7 +45,12 @@ pub fn build_statefulset(plan: &Plan, region: &RegionPlan, owner: Option<&OwnerR
         Volume { name: TMP_VOLUME.into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
     ];
     let mut mounts = vec![
-        VolumeMount { name: PEERS_VOLUME.into(), mount_path: PEERS_DIR.into(), read_only: Some(true), ..VolumeMount::default() },
+        VolumeMount {
+            name: PEERS_VOLUME.into(),
+            mount_path: PEERS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
         VolumeMount { name: TMP_VOLUME.into(), mount_path: "/tmp".into(), ..VolumeMount::default() },
     ];
     let claim_templates = region.storage.as_ref().map(|storage| {
@@ -118,7 +121,7 @@ pub fn build_statefulset(plan: &Plan, region: &RegionPlan, owner: Option<&OwnerR
 
     StatefulSet {
         metadata: metadata(plan, region, &names.base, owner),
-        spec: Some(StatefulSetSpec {
+        spec: StatefulSetSpec {
             replicas: Some(region.replicas),
             service_name: Some(names.peers.clone()),
             selector: LabelSelector {
@@ -127,7 +130,10 @@ pub fn build_statefulset(plan: &Plan, region: &RegionPlan, owner: Option<&OwnerR
             },
             // Nodes find each other through the peers file; none waits for another to start.
             pod_management_policy: Some("Parallel".into()),
-            update_strategy: Some(StatefulSetUpdateStrategy { type_: Some("RollingUpdate".into()), ..Default::default() }),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                ..Default::default()
+            }),
             persistent_volume_claim_retention_policy: claim_templates.as_ref().map(|_| {
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
                     when_deleted: Some("Delete".into()),
@@ -140,7 +146,7 @@ pub fn build_statefulset(plan: &Plan, region: &RegionPlan, owner: Option<&OwnerR
                 spec: Some(pod_spec),
             },
             ..StatefulSetSpec::default()
-        }),
+        },
         status: None,
     }
 }
@@ -234,20 +240,15 @@ mod tests {
     }
 
     fn env_of(sts: &StatefulSet) -> BTreeMap<String, String> {
-        let pod = sts.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod spec");
-        pod.containers[0]
-            .env
-            .iter()
-            .flatten()
-            .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
-            .collect()
+        let pod = sts.spec.template.spec.as_ref().expect("pod spec");
+        pod.containers[0].env.iter().flatten().filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v))).collect()
     }
 
     #[test]
     fn the_statefulset_runs_the_wanted_number_of_nodes_behind_the_headless_service() {
         let plan = two_region_plan();
         let sts = eu_statefulset(&plan);
-        let spec = sts.spec.as_ref().unwrap();
+        let spec = &sts.spec;
         assert_eq!(sts.metadata.name.as_deref(), Some("cache-eu"));
         assert_eq!(sts.metadata.namespace.as_deref(), Some("default"));
         assert_eq!(spec.replicas, Some(3));
@@ -273,7 +274,7 @@ mod tests {
     #[test]
     fn the_pod_name_is_defined_before_the_variables_that_expand_it() {
         let sts = eu_statefulset(&two_region_plan());
-        let env = &sts.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
+        let env = &sts.spec.template.spec.unwrap().containers[0].env.clone().unwrap();
         let pos = |n: &str| env.iter().position(|e| e.name == n).unwrap();
         assert!(pos("POD_NAME") < pos("GEOCACHE_NODE_ID"));
         assert!(pos("POD_NAME") < pos("GEOCACHE_ADVERTISE_ADDR"));
@@ -282,7 +283,7 @@ mod tests {
     #[test]
     fn the_node_container_exposes_http_resp_and_peer_ports_and_probes_health() {
         let sts = eu_statefulset(&two_region_plan());
-        let c = &sts.spec.unwrap().template.spec.unwrap().containers[0];
+        let c = &sts.spec.template.spec.unwrap().containers[0];
         let ports: Vec<(String, i32)> =
             c.ports.iter().flatten().map(|p| (p.name.clone().unwrap(), p.container_port)).collect();
         assert_eq!(ports, vec![("http".into(), 8080), ("resp".into(), 6379), ("peer".into(), 7946)]);
@@ -294,7 +295,7 @@ mod tests {
     #[test]
     fn the_pod_meets_the_restricted_pod_security_standard() {
         let sts = eu_statefulset(&two_region_plan());
-        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let pod = sts.spec.template.spec.unwrap();
         let psc = pod.security_context.unwrap();
         assert_eq!(psc.run_as_non_root, Some(true));
         assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
@@ -307,7 +308,7 @@ mod tests {
     #[test]
     fn the_peers_file_is_mounted_as_a_directory_so_updates_reach_the_node() {
         let sts = eu_statefulset(&two_region_plan());
-        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let pod = sts.spec.template.spec.unwrap();
         let volume = pod.volumes.unwrap().into_iter().find(|v| v.name == "peers").unwrap();
         assert_eq!(volume.config_map.unwrap().name, "cache-eu-peers");
         let mount = pod.containers[0].volume_mounts.clone().unwrap().into_iter().find(|m| m.name == "peers").unwrap();
@@ -325,7 +326,7 @@ mod tests {
         let env = env_of(&sts);
         assert_eq!(env["GEOCACHE_DATA_DIR"], "/var/lib/geocache");
         assert_eq!(env["GEOCACHE_FSYNC"], "every-second");
-        let spec = sts.spec.unwrap();
+        let spec = sts.spec;
         let claim = &spec.volume_claim_templates.unwrap()[0];
         let claim_spec = claim.spec.clone().unwrap();
         assert_eq!(claim_spec.storage_class_name.as_deref(), Some("ssd"));
@@ -337,7 +338,7 @@ mod tests {
     #[test]
     fn pods_prefer_to_spread_over_hosts() {
         let sts = eu_statefulset(&two_region_plan());
-        let affinity = sts.spec.unwrap().template.spec.unwrap().affinity.unwrap();
+        let affinity = sts.spec.template.spec.unwrap().affinity.unwrap();
         let terms = affinity.pod_anti_affinity.unwrap().preferred_during_scheduling_ignored_during_execution.unwrap();
         assert_eq!(terms[0].pod_affinity_term.topology_key, "kubernetes.io/hostname");
     }
@@ -348,7 +349,7 @@ mod tests {
         let sts = build_statefulset(&plan, &plan.regions[1], Some(&owner()));
         assert_eq!(sts.metadata.labels, Some(labels("cache", "us")));
         assert_eq!(sts.metadata.owner_references.as_ref().map(Vec::len), Some(1));
-        let pod_labels = sts.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+        let pod_labels = sts.spec.template.metadata.unwrap().labels.unwrap();
         assert_eq!(pod_labels, labels("cache", "us"));
     }
 
@@ -360,7 +361,7 @@ mod tests {
         let plan = plan_of(&gc);
         let sts = eu_statefulset(&plan);
         assert_eq!(env_of(&sts)["GEOCACHE_DEFAULT_TTL"], "1h");
-        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let pod = sts.spec.template.spec.unwrap();
         assert_eq!(pod.node_selector.unwrap()["zone"], "a");
         assert_eq!(pod.tolerations, None);
     }

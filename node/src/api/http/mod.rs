@@ -76,7 +76,8 @@ pub fn health_handlers(state: Arc<NodeState>) -> impl Filter<Extract = (Response
 pub fn metrics_handlers(state: Arc<NodeState>) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("metrics").and(warp::get()).and(with_state(state)).map(|state: Arc<NodeState>| {
         state.db.metrics().http_request("metrics", 200);
-        let body = state.db.metrics().render(&state.gauges());
+        let mut body = state.db.metrics().render(&state.gauges());
+        state.replication.render_metrics(&state, &mut body);
         let mut response = Response::new(body.into());
         response.headers_mut().insert(
             warp::http::header::CONTENT_TYPE,

@@ -1,0 +1,70 @@
+//! Observing a region: its pods, and its nodes' `/v1/status` documents read through the
+//! API server's pod proxy, which works the same for member clusters.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, Client};
+
+use crate::error::ApplyError;
+use crate::names::{HTTP_PORT, selector_labels};
+use crate::validate::{Plan, RegionPlan};
+use geocache_node::StatusDocument;
+
+/// The pods of `region`.
+pub async fn list_pods(client: &Client, plan: &Plan, region: &RegionPlan) -> Result<Vec<Pod>, ApplyError> {
+    let selector: Vec<String> =
+        selector_labels(&plan.instance, &region.name).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let api: Api<Pod> = Api::namespaced(client.clone(), &plan.namespace);
+    api.list(&ListParams::default().labels(&selector.join(",")))
+        .await
+        .map(|list| list.items)
+        .map_err(|source| ApplyError::List { kind: "Pod", source })
+}
+
+/// The path of a node's status document through the API server's pod proxy.
+pub fn status_path(namespace: &str, pod: &str) -> String {
+    format!("/api/v1/namespaces/{namespace}/pods/{pod}:{HTTP_PORT}/proxy/v1/status")
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Asks every ready pod for its status document, concurrently, each within `timeout`.
+pub async fn node_statuses(
+    client: &Client,
+    namespace: &str,
+    pods: &[Pod],
+    timeout: Duration,
+) -> Vec<Result<StatusDocument, String>> {
+    let asks = pods.iter().filter(|p| is_ready(p)).filter_map(|p| p.metadata.name.clone()).map(|pod| async move {
+        let request = http::Request::get(status_path(namespace, &pod)).body(Vec::new());
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => return Err(format!("{pod}: {e}")),
+        };
+        match tokio::time::timeout(timeout, client.request_text(request)).await {
+            Err(_) => Err(format!("{pod}: no answer within {}s", timeout.as_secs())),
+            Ok(Err(e)) => Err(format!("{pod}: {e}")),
+            Ok(Ok(body)) => crate::parse_node_status(body.as_bytes())
+                .map_err(|e| format!("{pod}: status document does not parse: {e}")),
+        }
+    });
+    join_all(asks).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_status_is_read_through_the_pod_proxy_on_the_http_port() {
+        assert_eq!(status_path("prod", "cache-eu-0"), "/api/v1/namespaces/prod/pods/cache-eu-0:8080/proxy/v1/status");
+    }
+}

@@ -1,0 +1,164 @@
+//! Errors of the reconcile pipeline, one enum per step, wrapped by the crate's [`Error`].
+//! [`Error::category`] is a fixed label for metrics and Events (never the error's text,
+//! which would make label values unbounded).
+
+use crate::validate::InvalidSpec;
+
+/// Failures of the dereference step: reaching a region's cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum DereferenceError {
+    #[error("failed to read kubeconfig secret {secret}: {source}")]
+    ReadSecret {
+        secret: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("kubeconfig secret {secret} not found")]
+    SecretNotFound { secret: String },
+    #[error("kubeconfig secret {secret} has no key {key}")]
+    MissingKey { secret: String, key: String },
+    #[error("kubeconfig in secret {secret} is invalid: {source}")]
+    InvalidKubeconfig {
+        secret: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("failed to create a client for the cluster in secret {secret}: {source}")]
+    Client {
+        secret: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Failures of the apply step (server-side apply, sweeping removed regions).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("failed to apply {kind} {name}: {source}")]
+    Apply {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to list {kind}: {source}")]
+    List {
+        kind: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to delete {kind} {name}: {source}")]
+    Delete {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Every way a reconcile can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid object: {0}")]
+    InvalidObject(String),
+    #[error("invalid spec: {0}")]
+    InvalidSpec(#[from] InvalidSpec),
+    #[error(transparent)]
+    Dereference(#[from] DereferenceError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("failed to update status: {0}")]
+    UpdateStatus(#[source] kube::Error),
+    #[error("{count} of {total} regions failed, first {region}: {source}")]
+    Regions {
+        count: usize,
+        total: usize,
+        region: String,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("cleanup of member clusters failed: {0}")]
+    Cleanup(#[source] Box<Error>),
+    /// Boxed: the finalizer's error type contains this one.
+    #[error(transparent)]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A fixed label for metrics and Events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::InvalidObject(_) => "invalid_object",
+            Error::InvalidSpec(_) => "invalid_spec",
+            Error::Dereference(DereferenceError::SecretNotFound { .. } | DereferenceError::MissingKey { .. }) => {
+                "kubeconfig_secret"
+            }
+            Error::Dereference(DereferenceError::InvalidKubeconfig { .. }) => "kubeconfig_invalid",
+            Error::Dereference(DereferenceError::ReadSecret { .. }) => "kubeconfig_secret",
+            Error::Dereference(DereferenceError::Client { .. }) => "cluster_client",
+            Error::Apply(ApplyError::Apply { .. }) => "apply",
+            Error::Apply(ApplyError::List { .. }) => "list",
+            Error::Apply(ApplyError::Delete { .. }) => "delete_removed",
+            Error::UpdateStatus(_) => "update_status",
+            Error::Regions { source, .. } | Error::Cleanup(source) => source.category(),
+            Error::Finalizer(inner) => {
+                match inner.as_ref() {
+                    kube::runtime::finalizer::Error::ApplyFailed(e)
+                    | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
+                    kube::runtime::finalizer::Error::AddFinalizer(_)
+                    | kube::runtime::finalizer::Error::RemoveFinalizer(_) => "finalizer",
+                    kube::runtime::finalizer::Error::UnnamedObject
+                    | kube::runtime::finalizer::Error::InvalidFinalizer => "invalid_object",
+                }
+            }
+        }
+    }
+
+    /// Errors that only a change of the object can fix: no retry until it changes.
+    pub fn needs_object_change(&self) -> bool {
+        matches!(self.category(), "invalid_object" | "invalid_spec")
+    }
+}
+
+/// Every category [`Error::category`] returns, for metrics that start at zero.
+pub const CATEGORIES: &[&str] = &[
+    "invalid_object",
+    "invalid_spec",
+    "kubeconfig_secret",
+    "kubeconfig_invalid",
+    "cluster_client",
+    "apply",
+    "list",
+    "delete_removed",
+    "update_status",
+    "finalizer",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_spec_waits_for_a_change_and_is_labelled_as_such() {
+        let e = Error::from(InvalidSpec { problems: vec!["region names must be unique".into()] });
+        assert_eq!(e.category(), "invalid_spec");
+        assert!(e.needs_object_change());
+        assert_eq!(e.to_string(), "invalid spec: region names must be unique");
+    }
+
+    #[test]
+    fn a_region_failure_takes_the_category_of_its_cause() {
+        let cause = Error::from(DereferenceError::SecretNotFound { secret: "default/us".into() });
+        let e = Error::Regions { count: 1, total: 2, region: "us".into(), source: Box::new(cause) };
+        assert_eq!(e.category(), "kubeconfig_secret");
+        assert!(!e.needs_object_change());
+        assert!(CATEGORIES.contains(&e.category()));
+    }
+
+    #[test]
+    fn a_wrapped_finalizer_failure_keeps_the_inner_category() {
+        let inner = Error::from(InvalidSpec { problems: vec!["x".into()] });
+        let e = Error::Finalizer(Box::new(kube::runtime::finalizer::Error::ApplyFailed(inner)));
+        assert_eq!(e.category(), "invalid_spec");
+    }
+}
