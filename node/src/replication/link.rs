@@ -111,7 +111,8 @@ async fn connect_and_push(state: &Arc<NodeState>, addr: &str) -> Result<(), Link
     let reader_state = state.clone();
     let reader_addr = addr.to_string();
     let mut reader_task = tokio::spawn(async move { read_replies(&reader_state, &reader_addr, &mut reader).await });
-    let result = push(state, addr, &peer.node_id, peer_positions, &mut writer, &mut reader_task).await;
+    let peer_stream = super::StreamId::new(peer.node_id.as_str(), peer.epoch);
+    let result = push(state, addr, &peer_stream, peer_positions, &mut writer, &mut reader_task).await;
     reader_task.abort();
     if let Err(LinkError::Goodbye(_) | LinkError::Closed) = &result {
     } else {
@@ -154,13 +155,14 @@ async fn read_replies(state: &NodeState, addr: &str, reader: &mut FrameReader) -
 async fn push(
     state: &Arc<NodeState>,
     addr: &str,
-    peer_node: &str,
+    peer_stream: &super::StreamId,
     peer_positions: Positions,
     writer: &mut FrameWriter,
     reader_task: &mut tokio::task::JoinHandle<Result<(), LinkError>>,
 ) -> Result<(), LinkError> {
     let repl = &state.replication;
     let journal = state.db.journal();
+    let peer_node = &*peer_stream.node;
     let mut sent = peer_positions;
     let mut heartbeat = tokio::time::interval(repl.config.heartbeat());
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -200,10 +202,15 @@ async fn push(
                 }
             };
             from = next;
+            // What the peer confirmed it has (from anyone) need not be sent again.
+            if let Some(p) = repl.table.lock().get(addr) {
+                sent.merge_max(&p.acked);
+            }
             let mut batch = BytesMut::new();
             let mut count = 0u64;
             for e in &entries {
-                if sent.get(&e.stream) >= e.seq {
+                // The peer's own writes of this run are never echoed back to it.
+                if sent.get(&e.stream) >= e.seq || e.stream == *peer_stream {
                     continue;
                 }
                 batch.extend_from_slice(&e.encoded);

@@ -265,10 +265,30 @@ impl Replication {
                 .map(|p| (format!("{{peer=\"{}\",region=\"{}\"}}", label(&p.node_id, &p.addr), p.region), f(p)))
                 .collect()
         };
-        metric("geocache_replication_lag_writes", "gauge", "Writes a peer has not confirmed.", &per_peer(&|p| p.lag.writes));
-        metric("geocache_replication_lag_ms", "gauge", "Age of the oldest write a peer has not confirmed.", &per_peer(&|p| p.lag.ms));
-        metric("geocache_replication_backlog_bytes", "gauge", "Bytes of recent writes kept for peers.", &[(String::new(), backlog_bytes as u64)]);
-        metric("geocache_replication_backlog_records", "gauge", "Recent writes kept for peers.", &[(String::new(), backlog_records as u64)]);
+        metric(
+            "geocache_replication_lag_writes",
+            "gauge",
+            "Writes a peer has not confirmed.",
+            &per_peer(&|p| p.lag.writes),
+        );
+        metric(
+            "geocache_replication_lag_ms",
+            "gauge",
+            "Age of the oldest write a peer has not confirmed.",
+            &per_peer(&|p| p.lag.ms),
+        );
+        metric(
+            "geocache_replication_backlog_bytes",
+            "gauge",
+            "Bytes of recent writes kept for peers.",
+            &[(String::new(), backlog_bytes as u64)],
+        );
+        metric(
+            "geocache_replication_backlog_records",
+            "gauge",
+            "Recent writes kept for peers.",
+            &[(String::new(), backlog_records as u64)],
+        );
         metric(
             "geocache_replication_resyncs_total",
             "counter",
@@ -278,14 +298,54 @@ impl Replication {
                 ("{kind=\"snapshot\"}".into(), load(&c.snapshots_sent)),
             ],
         );
-        metric("geocache_replication_snapshots_received_total", "counter", "Full snapshots received from peers.", &[(String::new(), load(&c.snapshots_received))]);
-        metric("geocache_replication_records_sent_total", "counter", "Records pushed to peers.", &[(String::new(), load(&c.records_sent))]);
-        metric("geocache_replication_records_received_total", "counter", "Records received from peers and applied.", &[(String::new(), load(&c.records_received))]);
-        metric("geocache_replication_duplicates_total", "counter", "Records received that were already applied.", &[(String::new(), load(&c.duplicates))]);
-        metric("geocache_replication_gaps_total", "counter", "Links closed because records were missing before a received one.", &[(String::new(), load(&c.gaps))]);
-        metric("geocache_replication_dropped_frames_total", "counter", "Links closed after a malformed or unexpected frame.", &[(String::new(), load(&c.dropped_frames))]);
-        metric("geocache_replication_link_errors_total", "counter", "Peer links that ended with an error.", &[(String::new(), load(&c.link_errors))]);
-        metric("geocache_replication_clock_skew_reports_total", "counter", "Times a peer's clock was seen beyond --max-clock-skew.", &[(String::new(), load(&c.skewed_peers))]);
+        metric(
+            "geocache_replication_snapshots_received_total",
+            "counter",
+            "Full snapshots received from peers.",
+            &[(String::new(), load(&c.snapshots_received))],
+        );
+        metric(
+            "geocache_replication_records_sent_total",
+            "counter",
+            "Records pushed to peers.",
+            &[(String::new(), load(&c.records_sent))],
+        );
+        metric(
+            "geocache_replication_records_received_total",
+            "counter",
+            "Records received from peers and applied.",
+            &[(String::new(), load(&c.records_received))],
+        );
+        metric(
+            "geocache_replication_duplicates_total",
+            "counter",
+            "Records received that were already applied.",
+            &[(String::new(), load(&c.duplicates))],
+        );
+        metric(
+            "geocache_replication_gaps_total",
+            "counter",
+            "Links closed because records were missing before a received one.",
+            &[(String::new(), load(&c.gaps))],
+        );
+        metric(
+            "geocache_replication_dropped_frames_total",
+            "counter",
+            "Links closed after a malformed or unexpected frame.",
+            &[(String::new(), load(&c.dropped_frames))],
+        );
+        metric(
+            "geocache_replication_link_errors_total",
+            "counter",
+            "Peer links that ended with an error.",
+            &[(String::new(), load(&c.link_errors))],
+        );
+        metric(
+            "geocache_replication_clock_skew_reports_total",
+            "counter",
+            "Times a peer's clock was seen beyond --max-clock-skew.",
+            &[(String::new(), load(&c.skewed_peers))],
+        );
     }
 
     /// Waits until the write `seq` of our stream `stream` is confirmed at `level`.

@@ -62,11 +62,23 @@ pub struct Session {
     pub created: Instant,
     /// Set by `QUIT`: close once the replies are written.
     pub quit: bool,
+    /// Set by `GEOCACHE.ACK`: the level this connection's writes wait for.
+    pub ack: crate::replication::AckLevel,
 }
 
 impl Session {
     pub fn new(id: u64, peer: Option<SocketAddr>, local: Option<SocketAddr>) -> Self {
-        Session { id, name: None, lib_name: None, lib_ver: None, peer, local, created: Instant::now(), quit: false }
+        Session {
+            id,
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+            peer,
+            local,
+            created: Instant::now(),
+            quit: false,
+            ack: crate::replication::AckLevel::Local,
+        }
     }
 }
 
@@ -80,15 +92,23 @@ pub struct Ctx<'a> {
     pub lsn: Option<Lsn>,
     /// Writes that went to the journal (have an [`Lsn`]).
     pub journaled: u64,
+    /// The highest sequence number of this node's stream written by these commands.
+    pub seq: Option<u64>,
 }
 
 impl<'a> Ctx<'a> {
     pub fn new(state: &'a NodeState, shared: &'a Shared, session: &'a mut Session, out: &'a mut Out) -> Self {
-        Ctx { state, shared, session, out, lsn: None, journaled: 0 }
+        Ctx { state, shared, session, out, lsn: None, journaled: 0, seq: None }
     }
 
     /// Takes the reply of a write and remembers its journal position.
     fn note<R>(&mut self, written: crate::db::Written<R>) -> R {
+        if let Some(seq) = written.seq {
+            self.seq = Some(self.seq.map_or(seq, |cur| cur.max(seq)));
+            if written.lsn.is_none() {
+                self.journaled += 1;
+            }
+        }
         if let Some(lsn) = written.lsn {
             self.lsn = Some(self.lsn.map_or(lsn, |cur| cur.max(lsn)));
             self.journaled += 1;
@@ -203,7 +223,37 @@ static COMMANDS: &[Spec] = &[
     Spec { name: "time", arity: 1, run: time },
     Spec { name: "quit", arity: -1, run: quit },
     Spec { name: "reset", arity: 1, run: reset },
+    Spec { name: "geocache.ack", arity: -1, run: geocache_ack },
 ];
+
+/// `GEOCACHE.ACK [local|region|global]`: the level this connection's writes wait for
+/// before they are answered (like `?ack=` over HTTP). Without an argument, the current
+/// level. A write that is not confirmed in time is answered with `-ACKTIMEOUT`; it
+/// stays applied on this node and keeps replicating.
+fn geocache_ack(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
+    use crate::replication::AckLevel;
+    if args.len() > 2 {
+        return Err(CommandError::arity("geocache.ack"));
+    }
+    if args.len() == 1 {
+        let name = match ctx.session.ack {
+            AckLevel::Local => "local",
+            AckLevel::Region => "region",
+            AckLevel::Global => "global",
+        };
+        ctx.out.bulk(name.as_bytes());
+        return Ok(());
+    }
+    let level = match args.get(1).to_ascii_lowercase().as_slice() {
+        b"local" => AckLevel::Local,
+        b"region" => AckLevel::Region,
+        b"global" => AckLevel::Global,
+        _ => return Err(CommandError::new("ERR ack level must be local, region or global")),
+    };
+    ctx.session.ack = level;
+    ctx.out.ok();
+    Ok(())
+}
 
 /// The longest command name we know, to lowercase names on the stack.
 const MAX_NAME: usize = 16;

@@ -41,6 +41,8 @@ struct Pending {
     commands_since_first_write: usize,
     /// Commands executed.
     commands: u64,
+    /// The highest sequence number of this node's stream written.
+    seq: Option<u64>,
 }
 
 impl Pending {
@@ -96,8 +98,11 @@ pub(super) async fn run<S>(
                         let reply_at = out.len();
                         let mut ctx = Ctx::new(state, shared, &mut session, &mut out);
                         commands::execute(&mut ctx, args);
-                        let (lsn, journaled) = (ctx.lsn, ctx.journaled);
+                        let (lsn, journaled, seq) = (ctx.lsn, ctx.journaled, ctx.seq);
                         pending.record(reply_at, lsn, journaled);
+                        if let Some(seq) = seq {
+                            pending.seq = Some(pending.seq.map_or(seq, |cur| cur.max(seq)));
+                        }
                     }
                     parser.consume();
                     rbuf.advance(n);
@@ -105,7 +110,8 @@ pub(super) async fn run<S>(
                         close = true;
                         break;
                     }
-                    if out.len() >= FLUSH_AT && flush(&mut stream, state, shared, &mut out, &mut pending).await.is_err()
+                    if out.len() >= FLUSH_AT
+                        && flush(&mut stream, state, shared, &mut out, &mut pending, session.ack).await.is_err()
                     {
                         return;
                     }
@@ -120,13 +126,13 @@ pub(super) async fn run<S>(
                 }
             }
         }
-        if flush(&mut stream, state, shared, &mut out, &mut pending).await.is_err() {
+        if flush(&mut stream, state, shared, &mut out, &mut pending, session.ack).await.is_err() {
             return;
         }
         if let Some(e) = protocol_error {
             // After the replies of the commands before it (which `flush` may refuse).
             out.error(format!("ERR {e}").as_bytes());
-            if flush(&mut stream, state, shared, &mut out, &mut pending).await.is_err() {
+            if flush(&mut stream, state, shared, &mut out, &mut pending, session.ack).await.is_err() {
                 return;
             }
         }
@@ -172,6 +178,7 @@ async fn flush<S>(
     shared: &Shared,
     out: &mut Out,
     pending: &mut Pending,
+    ack: crate::replication::AckLevel,
 ) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
@@ -185,6 +192,13 @@ where
     {
         tracing::warn!(error = %e, commands = batch.commands_since_first_write, "journal failed, refusing the batch's writes");
         let refused = refuse_unacknowledged(out, &batch, &format!("ERR persistence failed: {e}"));
+        for _ in 0..refused {
+            state.db.metrics().resp_error();
+        }
+    } else if let Some(seq) = batch.seq
+        && let Err(e) = state.replication.wait_for_ack(state.db.journal().local_stream(), seq, ack).await
+    {
+        let refused = refuse_unacknowledged(out, &batch, &format!("ACKTIMEOUT {}", e.0));
         for _ in 0..refused {
             state.db.metrics().resp_error();
         }
