@@ -90,7 +90,8 @@ pub struct Ctx<'a> {
     pub out: &'a mut Out,
     /// The highest journal position written by the commands run with this context.
     pub lsn: Option<Lsn>,
-    /// Writes that went to the journal (have an [`Lsn`]).
+    /// Writes recorded in the journal (with a sequence number, and an [`Lsn`] when
+    /// there is a log): their replies wait for durability and the ack level.
     pub journaled: u64,
     /// The highest sequence number of this node's stream written by these commands.
     pub seq: Option<u64>,
