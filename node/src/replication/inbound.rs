@@ -77,7 +77,8 @@ async fn receive(state: &Arc<NodeState>, socket: TcpStream) -> Result<(), LinkEr
         // We dialled ourselves: the pusher side notices and stops.
         return Ok(());
     }
-    repl.observe_skew(None, &peer.node_id, peer.wall_ms);
+    let mut skew_reported = false;
+    repl.observe_skew(None, &peer.node_id, peer.wall_ms, &mut skew_reported);
     repl.learn(&[super::frame::PeerInfo {
         node_id: peer.node_id.clone(),
         region: peer.region.clone(),
@@ -140,6 +141,8 @@ async fn receive(state: &Arc<NodeState>, socket: TcpStream) -> Result<(), LinkEr
                     lsn = state.db.apply_snapshot_record(&d, max_skew).or(lsn);
                 }
                 state.db.wait_durable(lsn).await.map_err(|e| LinkError::Refused(e.to_string()))?;
+                // Keeps the pusher's reply reader alive through a long snapshot.
+                writer.send(&Frame::Ping(crate::clock::now_ms())).await?;
             }
             Frame::SnapshotEnd(reached) if in_snapshot => {
                 in_snapshot = false;
@@ -150,7 +153,7 @@ async fn receive(state: &Arc<NodeState>, socket: TcpStream) -> Result<(), LinkEr
                 writer.send(&Frame::Ack(journal.positions())).await?;
             }
             Frame::Ping(wall_ms) => {
-                repl.observe_skew(None, &peer.node_id, wall_ms);
+                repl.observe_skew(None, &peer.node_id, wall_ms, &mut skew_reported);
                 writer.send(&Frame::Ack(journal.positions())).await?;
             }
             Frame::Gossip(peers) => repl.learn(&peers),

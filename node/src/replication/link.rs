@@ -103,14 +103,16 @@ async fn connect_and_push(state: &Arc<NodeState>, addr: &str) -> Result<(), Link
         writer.goodbye("redundant link").await;
         return Err(LinkError::Refused(format!("{addr} is this node or already linked as {}", peer.node_id)));
     }
-    repl.observe_skew(Some(addr), &peer.node_id, peer.wall_ms);
+    let mut skew_reported = false;
+    repl.observe_skew(Some(addr), &peer.node_id, peer.wall_ms, &mut skew_reported);
     repl.acks.notify_waiters();
     writer.send(&Frame::Gossip(repl.gossip())).await?;
 
     // Acks, pings and gossip come back on the same connection.
     let reader_state = state.clone();
     let reader_addr = addr.to_string();
-    let mut reader_task = tokio::spawn(async move { read_replies(&reader_state, &reader_addr, &mut reader).await });
+    let mut reader_task =
+        tokio::spawn(async move { read_replies(&reader_state, &reader_addr, &mut reader, skew_reported).await });
     let peer_stream = super::StreamId::new(peer.node_id.as_str(), peer.epoch);
     let result = push(state, addr, &peer_stream, peer_positions, &mut writer, &mut reader_task).await;
     reader_task.abort();
@@ -122,7 +124,12 @@ async fn connect_and_push(state: &Arc<NodeState>, addr: &str) -> Result<(), Link
 }
 
 /// Handles what the receiver sends back: acks (positions), pings, gossip.
-async fn read_replies(state: &NodeState, addr: &str, reader: &mut FrameReader) -> Result<(), LinkError> {
+async fn read_replies(
+    state: &NodeState,
+    addr: &str,
+    reader: &mut FrameReader,
+    mut skew_reported: bool,
+) -> Result<(), LinkError> {
     let repl = &state.replication;
     let timeout = repl.config.peer_timeout;
     loop {
@@ -139,7 +146,7 @@ async fn read_replies(state: &NodeState, addr: &str, reader: &mut FrameReader) -
             Frame::Ping(wall_ms) => {
                 let node = p.node_id.clone().unwrap_or_default();
                 drop(table);
-                repl.observe_skew(Some(addr), &node, wall_ms);
+                repl.observe_skew(Some(addr), &node, wall_ms, &mut skew_reported);
             }
             Frame::Gossip(peers) => {
                 drop(table);

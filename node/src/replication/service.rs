@@ -197,21 +197,26 @@ impl Replication {
         }
     }
 
-    /// Records a clock difference seen with a peer; reports it when beyond the bound.
-    pub fn observe_skew(&self, addr_opt: Option<&str>, node: &str, remote_wall_ms: u64) {
+    /// Records a clock difference seen with a peer; reports it (once per link, via
+    /// `reported`) when beyond the bound.
+    pub fn observe_skew(&self, addr_opt: Option<&str>, node: &str, remote_wall_ms: u64, reported: &mut bool) {
         let skew = remote_wall_ms as i64 - clock::now_ms() as i64;
         if let Some(addr) = addr_opt
             && let Some(p) = self.table.lock().get_mut(addr)
         {
             p.skew_ms = Some(skew);
         }
-        if skew.unsigned_abs() > self.config.max_skew_ms {
+        let beyond = skew.unsigned_abs() > self.config.max_skew_ms;
+        if beyond && !*reported {
             self.counters.skewed_peers.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 peer = %node, skew_ms = skew, max_ms = self.config.max_skew_ms,
                 "clock skew with a peer beyond the bound; its timestamps are not merged into our clock"
             );
+        } else if !beyond && *reported {
+            tracing::info!(peer = %node, skew_ms = skew, "clock skew with a peer back within the bound");
         }
+        *reported = beyond;
     }
 
     /// Status of every peer for `/v1/status`.
