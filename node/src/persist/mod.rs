@@ -231,6 +231,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Replays one file (a segment or a snapshot body) from `start`; returns the number of
 /// records and the corruption if any. Positions reached are merged into `positions`.
+#[allow(clippy::too_many_arguments)]
 fn replay_file(
     path: &Path,
     file: File,

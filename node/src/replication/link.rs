@@ -237,7 +237,7 @@ async fn push(
                 _ = heartbeat.tick() => {
                     writer.send(&Frame::Ping(clock::now_ms())).await?;
                     gossip_every += 1;
-                    if gossip_every % 10 == 0 {
+                    if gossip_every.is_multiple_of(10) {
                         writer.send(&Frame::Gossip(repl.gossip())).await?;
                     }
                 }

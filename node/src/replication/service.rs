@@ -522,9 +522,9 @@ async fn manage_peers(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>
             keep
         });
         for addr in addrs {
-            if !links.contains_key(&addr) {
-                let handle = tokio::spawn(super::link::run_link(state.clone(), addr.clone(), shutdown.clone()));
-                links.insert(addr, handle);
+            if let std::collections::hash_map::Entry::Vacant(slot) = links.entry(addr) {
+                let addr = slot.key().clone();
+                slot.insert(tokio::spawn(super::link::run_link(state.clone(), addr, shutdown.clone())));
             }
         }
     }
