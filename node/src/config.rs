@@ -12,6 +12,7 @@ use crate::duration::{parse_size, parse_ttl_ms};
 use crate::membership::validate_addr;
 use crate::persist::FsyncPolicy;
 use crate::replication::ReplicationConfig;
+use crate::security::{PeerTlsFiles, SecurityConfig};
 
 /// Flags of `geocache-node`.
 #[derive(Debug, Clone, Parser)]
@@ -96,9 +97,15 @@ pub struct Flags {
     /// Private key for TLS on the HTTP and Redis ports.
     #[arg(long, env = "GEOCACHE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// File of accepted client passwords, one per line.
+    /// File of accepted client passwords, one per line (`#` comments and blank lines
+    /// ignored; reloaded on change). Clients then authenticate with Redis `AUTH` /
+    /// `HELLO ... AUTH` or HTTP `Authorization: Bearer <password>`.
     #[arg(long, env = "GEOCACHE_AUTH_FILE")]
     pub auth_file: Option<PathBuf>,
+    /// With --auth-file, `/metrics` needs the password too (by default it is open, like
+    /// `/healthz` and `/readyz`).
+    #[arg(long, env = "GEOCACHE_METRICS_AUTH")]
+    pub metrics_auth: bool,
     /// Log format.
     #[arg(long, env = "GEOCACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -135,6 +142,7 @@ pub struct Config {
     pub tombstone_retention_ms: u64,
     pub compact_min_bytes: u64,
     pub log_format: LogFormat,
+    pub security: SecurityConfig,
 }
 
 /// A flag with a value we cannot use.
@@ -173,6 +181,7 @@ fn hostname() -> String {
 impl Flags {
     /// Validates the flags into a [`Config`].
     pub fn validate(self) -> Result<Config, ConfigError> {
+        let security = self.security()?;
         let node_id = self.node_id.unwrap_or_else(hostname);
         check_name("node-id", &node_id)?;
         check_name("region", &self.region)?;
@@ -180,19 +189,6 @@ impl Flags {
             "off" => None,
             addr => Some(addr.parse().map_err(|e| err("resp-addr", format!("{addr:?} is not host:port or off: {e}")))?),
         };
-        // Security arrives with its own issue; refuse its flags rather than accept
-        // and ignore them.
-        let not_yet: [(&'static str, bool); 6] = [
-            ("peer-tls-cert", self.peer_tls_cert.is_some()),
-            ("peer-tls-key", self.peer_tls_key.is_some()),
-            ("peer-tls-ca", self.peer_tls_ca.is_some()),
-            ("tls-cert", self.tls_cert.is_some()),
-            ("tls-key", self.tls_key.is_some()),
-            ("auth-file", self.auth_file.is_some()),
-        ];
-        if let Some((flag, _)) = not_yet.iter().find(|(_, set)| *set) {
-            return Err(err(flag, "is not supported by this build yet (tls and authentication are in progress)"));
-        }
         let advertise = match self.advertise_addr {
             Some(a) => {
                 validate_addr(&a).map_err(|m| err("advertise-addr", m))?;
@@ -263,7 +259,38 @@ impl Flags {
             tombstone_retention_ms,
             compact_min_bytes,
             log_format: self.log_format,
+            security,
         })
+    }
+
+    /// The security flags: each file flag needs its partners.
+    fn security(&self) -> Result<SecurityConfig, ConfigError> {
+        let client_tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            (Some(_), None) => return Err(err("tls-cert", "needs --tls-key too")),
+            (None, Some(_)) => return Err(err("tls-key", "needs --tls-cert too")),
+        };
+        let peer_tls = match (&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => {
+                Some(PeerTlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() })
+            }
+            (None, None, None) => None,
+            (cert, key, _) => {
+                let flag = if cert.is_none() {
+                    "peer-tls-cert"
+                } else if key.is_none() {
+                    "peer-tls-key"
+                } else {
+                    "peer-tls-ca"
+                };
+                return Err(err(flag, "mutual tls between nodes needs --peer-tls-cert, --peer-tls-key and --peer-tls-ca"));
+            }
+        };
+        if self.metrics_auth && self.auth_file.is_none() {
+            return Err(err("metrics-auth", "needs --auth-file"));
+        }
+        Ok(SecurityConfig { auth_file: self.auth_file.clone(), metrics_auth: self.metrics_auth, client_tls, peer_tls })
     }
 }
 
@@ -332,6 +359,31 @@ mod tests {
     }
 
     #[test]
+    fn security_files_are_taken_as_given_and_loaded_at_start() {
+        let c = parse(&[
+            "--auth-file",
+            "/run/pw",
+            "--metrics-auth",
+            "--tls-cert",
+            "/t/c",
+            "--tls-key",
+            "/t/k",
+            "--peer-tls-cert",
+            "/p/c",
+            "--peer-tls-key",
+            "/p/k",
+            "--peer-tls-ca",
+            "/p/ca",
+        ])
+        .unwrap();
+        assert_eq!(c.security.auth_file, Some(PathBuf::from("/run/pw")));
+        assert!(c.security.metrics_auth);
+        assert_eq!(c.security.client_tls, Some((PathBuf::from("/t/c"), PathBuf::from("/t/k"))));
+        assert_eq!(c.security.peer_tls.map(|p| p.ca), Some(PathBuf::from("/p/ca")));
+        assert_eq!(parse(&[]).unwrap().security, SecurityConfig::default());
+    }
+
+    #[test]
     fn the_redis_port_can_be_turned_off() {
         assert_eq!(parse(&["--resp-addr", "off"]).unwrap().resp_addr, None);
     }
@@ -356,6 +408,10 @@ mod tests {
             (&["--peer-timeout", "soon"][..], "peer-timeout"),
             (&["--backlog-size", "0"][..], "backlog-size"),
             (&["--tls-cert", "/x"][..], "tls-cert"),
+            (&["--tls-key", "/x"][..], "tls-key"),
+            (&["--peer-tls-cert", "/c", "--peer-tls-key", "/k"][..], "peer-tls-ca"),
+            (&["--peer-tls-ca", "/a"][..], "peer-tls-cert"),
+            (&["--metrics-auth"][..], "metrics-auth"),
         ] {
             let e = parse(args).unwrap_err();
             assert_eq!(e.flag, flag, "{args:?}: {e}");

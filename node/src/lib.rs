@@ -17,6 +17,7 @@ pub mod membership;
 pub mod metrics;
 pub mod persist;
 pub mod replication;
+pub mod security;
 pub mod server;
 pub mod state;
 pub mod status;

@@ -23,6 +23,8 @@ use crate::store::{Origin, OriginTable, Store, StoreConfig};
 pub enum StartError {
     #[error(transparent)]
     Persist(#[from] PersistError),
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
     #[error("cannot listen for {what} on {addr}: {source}")]
     Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
 }
@@ -84,6 +86,8 @@ fn log_recovery(report: &RecoveryReport) {
 /// Starts a node: recovers from `--data-dir`, binds its listeners, starts its
 /// background tasks, and returns once it is ready.
 pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
+    // Security files first: a node that cannot secure itself must not start at all.
+    let security = crate::security::Security::load(&config.security, &config.node_id, &config.region)?;
     let local = Origin { node_id: config.node_id.as_str().into(), region: config.region.as_str().into() };
     let origins = Arc::new(OriginTable::new(local.clone()));
     let metrics = Arc::new(Metrics::default());
@@ -123,12 +127,15 @@ pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
     let db = Db::new(store, hlc, limits, journal, metrics);
     let replication = Replication::new(config.replication.clone(), &config.node_id, &config.region);
 
-    let state = Arc::new(NodeState::new(
-        db,
-        replication,
-        NodeInfo { node_id: config.node_id.clone(), region: config.region.clone() },
-        config.default_ttl_ms,
-    ));
+    let state = Arc::new(
+        NodeState::new(
+            db,
+            replication,
+            NodeInfo { node_id: config.node_id.clone(), region: config.region.clone() },
+            config.default_ttl_ms,
+        )
+        .with_security(security),
+    );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
@@ -142,7 +149,9 @@ pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
     let peer_listener = bind("peers", config.peer_addr).await?;
     let peer_addr = peer_listener.local_addr().unwrap_or(config.peer_addr);
 
-    {
+    if let Some(tls) = state.security.client_tls.clone() {
+        tasks.spawn(crate::api::http::serve_tls(http_listener, state.clone(), tls, shutdown_rx.clone()));
+    } else {
         let mut rx = shutdown_rx.clone();
         let filter = crate::api::http::http_handlers(state.clone());
         tasks.spawn(async move {
@@ -156,10 +165,12 @@ pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
         });
     }
     if let Some(listener) = resp_listener {
-        tasks.spawn(crate::api::resp::serve(listener, state.clone(), shutdown_rx.clone()));
+        let tls = state.security.client_tls.clone();
+        tasks.spawn(crate::api::resp::serve_with(listener, state.clone(), tls, shutdown_rx.clone()));
     }
     crate::replication::spawn(state.clone(), Some(peer_listener), shutdown_rx.clone(), &mut tasks);
     tasks.spawn(sweeper(state.clone(), shutdown_rx.clone()));
+    tasks.spawn(crate::security::reload_loop(state.clone(), shutdown_rx.clone()));
     if state.db.persist().is_some() {
         tasks.spawn(log_maintenance(state.clone(), shutdown_rx.clone()));
     }
@@ -169,6 +180,8 @@ pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
         node_id = %config.node_id, region = %config.region, http = %http_addr,
         resp = %resp_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         peers = %peer_addr, advertise = %config.replication.advertise,
+        client_tls = state.security.client_tls.is_some(), peer_tls = state.security.peer_tls.is_some(),
+        auth = state.security.auth_required(),
         data_dir = %config.data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "none (memory only)".into()),
         "node ready"
     );

@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::db::{Db, Expiry};
 use crate::metrics::{self, Gauges};
 use crate::replication::Replication;
+use crate::security::Security;
 use crate::status::StatusDocument;
 
 /// Who this node is.
@@ -23,12 +24,28 @@ pub struct NodeState {
     /// TTL applied to writes that do not give one (`--default-ttl`).
     pub default_ttl_ms: Option<u64>,
     pub started: Instant,
+    /// Client authentication and TLS (none by default).
+    pub security: Security,
     ready: AtomicBool,
 }
 
 impl NodeState {
     pub fn new(db: Db, replication: Replication, info: NodeInfo, default_ttl_ms: Option<u64>) -> Self {
-        NodeState { db, replication, info, default_ttl_ms, started: Instant::now(), ready: AtomicBool::new(false) }
+        NodeState {
+            db,
+            replication,
+            info,
+            default_ttl_ms,
+            started: Instant::now(),
+            security: Security::default(),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The same node with these security settings.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
     /// A node with no peers (for tests and tools).

@@ -764,6 +764,8 @@ def perf_stacks(data):
     p = subprocess.Popen(["perf", "script", "-i", data, "-F", "comm,tid,ip,sym,dso"], stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True, errors="replace")
     _procs.append(p)
+    with open(PIDFILE, "a") as pf:
+        pf.write(f"{p.pid}\n")
     stack = []
     try:
         for line in p.stdout:
@@ -1160,6 +1162,9 @@ def write_results_md(results, info):
       "not measured: replication not implemented yet |")
     w("| write throughput with two remote peers vs standalone | not measured: replication not implemented yet |")
     w("")
+    w("(Replication is issue 3, in progress when this script was written; this section is to be filled in "
+      "once it lands.)")
+    w("")
     # Goals
     w("## Goals (issue 5) against this run")
     w("")
@@ -1238,7 +1243,7 @@ def svg_bar_panel(x0, y0, w, h, title, groups, unit, series, note=None):
     out.append(f'<text x="{x0}" y="{y0 - 28}" font-size="15" font-weight="bold">{esc(title)}</text>')
     vals = [v for _, vs, _ in groups for v in vs if v is not None]
     vmax = max(vals) if vals else 1
-    vmax = nice_ceiling(vmax)
+    vmax = nice_ceiling(vmax * 1.12)  # headroom for the labels
     # axes and grid
     for i in range(5):
         yv = vmax * i / 4
@@ -1252,12 +1257,11 @@ def svg_bar_panel(x0, y0, w, h, title, groups, unit, series, note=None):
     ns = len(series)
     bw = min(34, gw * 0.8 / max(ns, 1))
     for gi, (label, vs, ann) in enumerate(groups):
-        gx = x0 + gi * gw + (gw - bw * ns) / 2
-        for si, v in enumerate(vs):
-            if v is None:
-                continue
+        present = [(si, v) for si, v in enumerate(vs) if v is not None]
+        gx = x0 + gi * gw + (gw - bw * len(present)) / 2
+        for j, (si, v) in enumerate(present):
             bh = h * v / vmax
-            out.append(f'<rect x="{gx + si * bw:.1f}" y="{y0 + h - bh:.1f}" width="{bw - 2:.1f}" height="{bh:.1f}" '
+            out.append(f'<rect x="{gx + j * bw:.1f}" y="{y0 + h - bh:.1f}" width="{bw - 2:.1f}" height="{bh:.1f}" '
                        f'fill="{series[si][1]}"><title>{esc(series[si][0])}: {fmt_axis(v)} {esc(unit)}</title></rect>')
         if ann:
             top = max(v for v in vs if v is not None) if any(v is not None for v in vs) else 0
@@ -1282,7 +1286,7 @@ def nice_ceiling(v):
         return 1
     import math
     e = 10 ** math.floor(math.log10(v))
-    for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
+    for m in (1, 1.2, 1.6, 2, 2.4, 3.2, 4, 4.8, 6, 8, 10):  # quarters stay round
         if m * e >= v:
             return m * e
     return 10 * e
@@ -1353,13 +1357,16 @@ def write_svg(results, info):
         y += 320
     if results["recovery"]:
         groups = []
+        rdb = [r["ready_s"] for r in results["recovery"] if r["system"] == "redis" and r["mode"] == "rdb"]
+        rdb = median(rdb) if rdb else None
         for sysname, mode, label in (("redis", "aof", "redis AOF"), ("redis", "rdb", "redis RDB"),
                                      ("geocache", "log", "GeoCache log"), ("geocache", "snapshot", "GeoCache snapshot")):
             rs = [r for r in results["recovery"] if r["system"] == sysname and r["mode"] == mode]
             if rs:
                 t = median([r["ready_s"] for r in rs])
                 vals = [t, None] if sysname == "redis" else [None, t]
-                groups.append((f"{label}\n{rs[0]['disk_bytes'] / 1e6:,.0f} MB", vals, f"{t:.1f} s"))
+                ann = f"{t:.1f} s" + (f" ({t / rdb:.2f}x RDB)" if rdb and mode != "rdb" else "")
+                groups.append((f"{label}\n{rs[0]['disk_bytes'] / 1e6:,.0f} MB", vals, ann))
         parts += svg_bar_panel(90, y + 40, W - 130, 200,
                                f"Restart until ready, {CFG['recovery_keys']:,} keys on disk (lower is better)", groups,
                                "seconds", [("redis-server", RED), ("GeoCache", GEO)])

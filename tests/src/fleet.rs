@@ -30,8 +30,8 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use geocache_node::{PeerState, StatusDocument};
 use geocache_node::fleet::wan_proxy::{WanProxy, WanProxyHandle};
+use geocache_node::{PeerState, StatusDocument};
 
 use crate::http::{self, HttpResponse};
 use crate::resp::{Frame, RespConn};
@@ -266,13 +266,7 @@ impl Percentiles {
         let mut v = samples.to_vec();
         v.sort();
         let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-        Some(Percentiles {
-            count: v.len(),
-            min: *v.first()?,
-            p50: at(0.5),
-            p99: at(0.99),
-            max: *v.last()?,
-        })
+        Some(Percentiles { count: v.len(), min: *v.first()?, p50: at(0.5), p99: at(0.99), max: *v.last()? })
     }
 }
 
@@ -498,8 +492,9 @@ impl Fleet {
     pub fn status(&self, id: &str) -> StatusDocument {
         let r = self.http(id, "GET", "/v1/status", &[], b"");
         assert_eq!(r.status, 200, "[{}] GET /v1/status on {id}: {}", self.name, r.text());
-        serde_json::from_slice(&r.body)
-            .unwrap_or_else(|e| panic!("[{}] the status of {id} does not follow the contract ({e}): {}", self.name, r.text()))
+        serde_json::from_slice(&r.body).unwrap_or_else(|e| {
+            panic!("[{}] the status of {id} does not follow the contract ({e}): {}", self.name, r.text())
+        })
     }
 
     /// The status document of node `id` as raw JSON (for fields beyond the contract).
@@ -532,7 +527,8 @@ impl Fleet {
 
     /// Waits until every running node sees its region mates and every other region up.
     pub fn wait_all_peers_up(&self, timeout: Duration) -> Duration {
-        let ids: Vec<String> = self.nodes.iter().filter(|n| n.pid().is_some()).map(|n| n.node_id().to_string()).collect();
+        let ids: Vec<String> =
+            self.nodes.iter().filter(|n| n.pid().is_some()).map(|n| n.node_id().to_string()).collect();
         self.wait_for_ok("every node sees its region mates and every other region up", timeout, |f| {
             ids.iter().try_for_each(|id| f.peers_up(id))
         })

@@ -371,7 +371,36 @@ pub fn node_binary() -> PathBuf {
          `cargo test --workspace` builds it too), or set GEOCACHE_NODE_BIN",
         bin.display()
     );
+    warn_if_stale(&bin);
     bin
+}
+
+/// Warns (once per test executable) when a source file of the node crate is newer
+/// than `bin`: `cargo test -p geocache-tests` alone does not rebuild the binary.
+fn warn_if_stale(bin: &Path) {
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    CHECKED.call_once(|| {
+        let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else { return };
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/src");
+        let mut dirs = vec![src];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t > built) {
+                    eprintln!(
+                        "geocache-tests: warning: {} is newer than {}: run `cargo build -p geocache-node` \
+                         (or `cargo test --workspace`) to test the current code",
+                        path.display(),
+                        bin.display()
+                    );
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// A `geocache-node` process on a random loopback address `127.x.y.z`.

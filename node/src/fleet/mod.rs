@@ -37,6 +37,16 @@ use tokio::time::Instant;
 pub use plan::{FleetPlan, LinkPlan, NodePlan, Ports, plan};
 use wan_proxy::{WanProxy, WanProxyHandle};
 
+/// Prints a line for the person at the terminal; a closed stdout (`fleet | head`) is
+/// no reason to fail, unlike with `println!`.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, $($arg)*);
+        let _ = out.flush();
+    }};
+}
+
 /// Most regions a fleet may have.
 pub const MAX_REGIONS: usize = 50;
 /// Most nodes per region.
@@ -362,7 +372,7 @@ impl Fleet {
             self.start_node(index)?;
         }
         self.wait_ready(signals).await?;
-        println!("{}", endpoints_table(&self.opts, &self.plan));
+        say!("{}", endpoints_table(&self.opts, &self.plan));
         tracing::info!(nodes = self.slots.len(), "every node is ready");
 
         let (commands_tx, mut commands) = mpsc::unbounded_channel::<String>();
@@ -579,7 +589,7 @@ impl Fleet {
             Ok(Some(c)) => c,
             Ok(None) => return Flow::Continue,
             Err(message) => {
-                println!("{message}; type `help` for the commands");
+                say!("{message}; type `help` for the commands");
                 return Flow::Continue;
             }
         };
@@ -588,7 +598,7 @@ impl Fleet {
                 let regions = &self.opts.regions;
                 for r in [Some(&a), b.as_ref()].into_iter().flatten() {
                     if !regions.contains(r) {
-                        println!("no region {r:?} (regions: {})", regions.join(", "));
+                        say!("no region {r:?} (regions: {})", regions.join(", "));
                         return Flow::Continue;
                     }
                 }
@@ -604,63 +614,63 @@ impl Fleet {
                         touched.push(format!("{} -> {}", link.from, link.to));
                     }
                 }
-                println!("{action}: {}", if touched.is_empty() { "no link".to_string() } else { touched.join(", ") });
+                say!("{action}: {}", if touched.is_empty() { "no link".to_string() } else { touched.join(", ") });
             }
             FleetCommand::HealAll => {
                 for (_, proxy) in &self.links {
                     proxy.heal();
                 }
-                println!("healed every link");
+                say!("healed every link");
             }
             FleetCommand::DelayAll(d) => {
                 for (_, proxy) in &self.links {
                     proxy.set_delay(d);
                 }
-                println!("one-way delay of every link: {d:?}");
+                say!("one-way delay of every link: {d:?}");
             }
             FleetCommand::Node(action, node) => {
                 let Some(index) = self.node_index(&node) else {
-                    println!("no node {node:?}");
+                    say!("no node {node:?}");
                     return Flow::Continue;
                 };
                 match action {
                     NodeAction::Kill | NodeAction::Stop => {
                         let sig = if let NodeAction::Kill = action { libc::SIGKILL } else { libc::SIGTERM };
                         if self.signal(index, sig) {
-                            println!("sent {} to {node}", if sig == libc::SIGKILL { "sigkill" } else { "sigterm" });
+                            say!("sent {} to {node}", if sig == libc::SIGKILL { "sigkill" } else { "sigterm" });
                         } else {
-                            println!("{node} is not running");
+                            say!("{node} is not running");
                         }
                     }
                     NodeAction::Start => {
                         if self.slots[index].control.is_some() {
-                            println!("{node} is running already");
+                            say!("{node} is running already");
                         } else {
                             match self.start_node(index) {
                                 Ok(()) => {
                                     let http = self.slots[index].plan.http;
                                     tokio::spawn(report_ready(node.clone(), http, self.opts.ready_timeout));
-                                    println!("started {node}");
+                                    say!("started {node}");
                                 }
-                                Err(e) => println!("{e}"),
+                                Err(e) => say!("{e}"),
                             }
                         }
                     }
                 }
             }
             FleetCommand::Endpoints => {
-                println!("{}", endpoints_table(&self.opts, &self.plan));
+                say!("{}", endpoints_table(&self.opts, &self.plan));
                 for (link, proxy) in &self.links {
                     if let Some(state) = proxy.state() {
-                        println!("link {} -> {}: {state:?}, one way {:?}", link.from, link.to, proxy.delay());
+                        say!("link {} -> {}: {state}, one way {:?}", link.from, link.to, proxy.delay());
                     }
                 }
                 for slot in &self.slots {
                     let state = if slot.control.is_some() { "running" } else { "stopped" };
-                    println!("node {}: {state}", slot.plan.node_id);
+                    say!("node {}: {state}", slot.plan.node_id);
                 }
             }
-            FleetCommand::Help => println!("{COMMANDS_HELP}"),
+            FleetCommand::Help => say!("{COMMANDS_HELP}"),
             FleetCommand::Quit => return Flow::Quit,
         }
         Flow::Continue

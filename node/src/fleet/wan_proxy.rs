@@ -62,6 +62,16 @@ pub enum LinkState {
     Blackholed,
 }
 
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinkState::Up => "up",
+            LinkState::Cut => "cut",
+            LinkState::Blackholed => "blackholed",
+        })
+    }
+}
+
 /// The link state plus the proxy's own shutdown, as seen by its tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Control {
@@ -355,10 +365,7 @@ async fn connection(client: TcpStream, from: SocketAddr, shared: Arc<Shared>) {
         )
     };
     let ended = tokio::select! {
-        result = both => match result {
-            Ok(_) => None,
-            Err(e) => Some(e),
-        },
+        result = both => result.err(),
         _ = control.wait_for(|c| c.closes()) => Some(Ended::Closed),
     };
     match ended {

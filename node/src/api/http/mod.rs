@@ -5,8 +5,10 @@
 //! error goes through [`ApiError`], the one place that maps error codes to HTTP
 //! statuses and the JSON error body `{"error":{"code","message"}}`.
 
+mod auth;
 mod error;
 mod keys;
+mod tls;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 pub use error::ApiError;
+pub use tls::serve_tls;
 
 use crate::state::NodeState;
 
@@ -23,8 +26,12 @@ fn with_state(state: Arc<NodeState>) -> impl Filter<Extract = (Arc<NodeState>,),
     warp::any().map(move || state.clone())
 }
 
-/// Every HTTP route of the node.
+/// Every HTTP route of the node, behind the password check when `--auth-file` is set.
 pub fn http_handlers(state: Arc<NodeState>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    auth::gate(state.clone()).or(routes(state)).unify()
+}
+
+fn routes(state: Arc<NodeState>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     keys::keys_handlers(state.clone())
         .or(status_handlers(state.clone()))
         .unify()
@@ -78,6 +85,7 @@ pub fn metrics_handlers(state: Arc<NodeState>) -> impl Filter<Extract = (Respons
         state.db.metrics().http_request("metrics", 200);
         let mut body = state.db.metrics().render(&state.gauges());
         state.replication.render_metrics(&state, &mut body);
+        state.security.render_metrics(&mut body);
         let mut response = Response::new(body.into());
         response.headers_mut().insert(
             warp::http::header::CONTENT_TYPE,

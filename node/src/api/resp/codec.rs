@@ -39,6 +39,11 @@ impl ParserLimits {
     /// Largest frame (Redis closes a client whose query buffer reaches 1 GiB).
     pub const MAX_FRAME: usize = 512 * 1024 * 1024;
 
+    /// The limits before a client authenticated (when a password is required), as in
+    /// Redis: enough for `AUTH` and `HELLO ... AUTH ... SETNAME ...`, no more.
+    pub const UNAUTHENTICATED: ParserLimits =
+        ParserLimits { max_bulk: 16 * 1024, max_args: 10, max_inline: 16 * 1024, max_frame: 64 * 1024 };
+
     /// The limits for a node that accepts keys and values up to these sizes.
     pub fn for_values(max_key_bytes: usize, max_value_bytes: usize) -> Self {
         let max_bulk = max_value_bytes.saturating_add(Self::BULK_SLACK).max(max_key_bytes);
@@ -177,6 +182,11 @@ impl Parser {
 
     pub fn limits(&self) -> &ParserLimits {
         &self.limits
+    }
+
+    /// Changes the limits from the next frame on (call between frames).
+    pub fn set_limits(&mut self, limits: ParserLimits) {
+        self.limits = limits;
     }
 
     /// Parses the frame at the start of `buf`, resuming where the last call stopped.

@@ -64,6 +64,9 @@ pub struct Session {
     pub quit: bool,
     /// Set by `GEOCACHE.ACK`: the level this connection's writes wait for.
     pub ack: crate::replication::AckLevel,
+    /// Whether the client may run commands: true when no password is required, else
+    /// once `AUTH` or `HELLO ... AUTH` gave an accepted one.
+    pub authenticated: bool,
 }
 
 impl Session {
@@ -78,6 +81,7 @@ impl Session {
             created: Instant::now(),
             quit: false,
             ack: crate::replication::AckLevel::Local,
+            authenticated: true,
         }
     }
 }
@@ -278,12 +282,31 @@ fn truncated(s: &[u8], max: usize) -> &[u8] {
     &s[..s.len().min(max)]
 }
 
+/// Commands a client may run before it authenticated (as in Redis).
+fn allowed_before_auth(spec: &Spec) -> bool {
+    matches!(spec.name, "auth" | "hello" | "quit" | "reset")
+}
+
+const NOAUTH: &str = "NOAUTH Authentication required.";
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
 /// Runs one command (`args` is not empty) and appends its reply to `ctx.out`.
 pub fn execute(ctx: &mut Ctx<'_>, args: Args<'_>) {
     let metrics = ctx.state.db.metrics();
     let errors_before = ctx.out.errors();
     let name = args.get(0);
-    match lookup(name) {
+    let spec = lookup(name);
+    if !ctx.session.authenticated && !spec.is_some_and(allowed_before_auth) {
+        // Nothing but NOAUTH, whatever the command (known or not) and its arguments.
+        metrics.resp_command(spec.map_or("other", |s| s.name));
+        if let Some(auth) = &ctx.state.security.auth {
+            auth.refused(crate::security::Interface::Resp);
+        }
+        ctx.out.error(NOAUTH.as_bytes());
+        metrics.resp_error();
+        return;
+    }
+    match spec {
         None => {
             metrics.resp_command("other");
             // Redis' wording: the name and up to 128 bytes of arguments.
@@ -407,6 +430,8 @@ fn quit(ctx: &mut Ctx<'_>, _args: Args<'_>) -> CommandResult {
 fn reset(ctx: &mut Ctx<'_>, _args: Args<'_>) -> CommandResult {
     ctx.out.set_resp3(false);
     ctx.session.name = None;
+    // Back to the default user, which needs a password when one is required.
+    ctx.session.authenticated = !ctx.state.security.auth_required();
     ctx.out.simple("RESET");
     Ok(())
 }
@@ -419,24 +444,45 @@ fn time(ctx: &mut Ctx<'_>, _args: Args<'_>) -> CommandResult {
     Ok(())
 }
 
-/// Checks credentials. No password is configured: like Redis' default user without a
-/// password, `default` is accepted with any password and every other user refused.
-fn check_credentials(user: &[u8], _password: &[u8]) -> CommandResult {
-    if user == b"default" {
-        Ok(())
-    } else {
-        Err(CommandError::new("WRONGPASS invalid username-password pair or user is disabled."))
+/// Checks credentials and marks the session authenticated when they are accepted.
+///
+/// With `--auth-file`, the user must be `default` and the password one of the file's.
+/// Without it, like Redis' default user without a password, `default` is accepted
+/// with any password and every other user refused.
+fn authenticate(ctx: &mut Ctx<'_>, user: &[u8], password: &[u8]) -> CommandResult {
+    match &ctx.state.security.auth {
+        Some(auth) => {
+            // The password is checked even for an unknown user, so that the time taken
+            // does not tell which users exist.
+            let accepted = auth.verify(password, crate::security::Interface::Resp);
+            if user == b"default" && accepted {
+                ctx.session.authenticated = true;
+                Ok(())
+            } else {
+                if accepted {
+                    auth.refused(crate::security::Interface::Resp);
+                }
+                Err(CommandError::new(WRONGPASS))
+            }
+        }
+        None if user == b"default" => Ok(()),
+        None => Err(CommandError::new(WRONGPASS)),
     }
 }
 
 fn auth(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
     match args.len() {
+        2 if ctx.state.security.auth_required() => {
+            authenticate(ctx, b"default", args.get(1))?;
+            ctx.out.ok();
+            Ok(())
+        }
         2 => Err(CommandError::new(
             "ERR AUTH <password> called without any password configured for the default user. \
              Are you sure your configuration is correct?",
         )),
         3 => {
-            check_credentials(args.get(1), args.get(2))?;
+            authenticate(ctx, args.get(1), args.get(2))?;
             ctx.out.ok();
             Ok(())
         }
@@ -456,6 +502,7 @@ fn validate_client_name(name: &[u8]) -> CommandResult {
 fn hello(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
     let mut resp3 = ctx.out.resp3();
     let mut name: Option<&[u8]> = None;
+    let mut credentials: Option<(&[u8], &[u8])> = None;
     if args.len() >= 2 {
         match parse_i64(args.get(1)) {
             None => return Err(CommandError::new("ERR Protocol version is not an integer or out of range")),
@@ -467,7 +514,7 @@ fn hello(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
         while i < args.len() {
             let opt = args.get(i);
             if is(opt, "auth") && i + 2 < args.len() {
-                check_credentials(args.get(i + 1), args.get(i + 2))?;
+                credentials = Some((args.get(i + 1), args.get(i + 2)));
                 i += 3;
             } else if is(opt, "setname") && i + 1 < args.len() {
                 let n = args.get(i + 1);
@@ -481,6 +528,16 @@ fn hello(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
                 )));
             }
         }
+    }
+    if let Some((user, password)) = credentials {
+        authenticate(ctx, user, password)?;
+    }
+    if !ctx.session.authenticated {
+        return Err(CommandError::new(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+             HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select \
+             the RESP protocol version at the same time",
+        ));
     }
     if let Some(n) = name {
         ctx.session.name = (!n.is_empty()).then(|| n.to_vec());

@@ -71,7 +71,11 @@ pub(super) async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = state.db.limits();
-    let mut parser = Parser::new(ParserLimits::for_values(limits.max_key_bytes, limits.max_value_bytes));
+    let full_limits = ParserLimits::for_values(limits.max_key_bytes, limits.max_value_bytes);
+    // Like Redis, a client that has not authenticated yet may only send small
+    // commands: it cannot make the node buffer large values.
+    let parser_limits = |authenticated: bool| if authenticated { full_limits } else { ParserLimits::UNAUTHENTICATED };
+    let mut parser = Parser::new(parser_limits(session.authenticated));
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Out::new();
     let mut pending = Pending::default();
@@ -95,6 +99,7 @@ pub(super) async fn run<S>(
                 Ok(Some(n)) => {
                     let args = parser.args(&rbuf);
                     if !args.is_empty() {
+                        let was_authenticated = session.authenticated;
                         let reply_at = out.len();
                         let mut ctx = Ctx::new(state, shared, &mut session, &mut out);
                         commands::execute(&mut ctx, args);
@@ -102,6 +107,9 @@ pub(super) async fn run<S>(
                         pending.record(reply_at, lsn, journaled);
                         if let Some(seq) = seq {
                             pending.seq = Some(pending.seq.map_or(seq, |cur| cur.max(seq)));
+                        }
+                        if session.authenticated != was_authenticated {
+                            parser.set_limits(parser_limits(session.authenticated));
                         }
                     }
                     parser.consume();

@@ -29,19 +29,34 @@ use tokio::task::JoinSet;
 pub use codec::{ParserLimits, ProtocolError};
 pub use commands::REDIS_VERSION;
 
+use crate::security::ClientPortsTls;
+use crate::security::tls::{explain, rustls_error};
 use crate::state::NodeState;
 use commands::{Session, Shared};
 
 /// How long open connections get to finish their batch once shutdown is asked.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client gets to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the Redis protocol on `listener` until `shutdown` becomes true (or its
 /// sender is dropped). Then stops accepting, lets open connections finish their current
 /// batch and close, and returns once they did (or after a few seconds).
-pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, state: Arc<NodeState>, shutdown: watch::Receiver<bool>) {
+    serve_with(listener, state, None, shutdown).await
+}
+
+/// Like [`serve`], over TLS when `tls` is given (the handshake runs in the
+/// connection's task, bounded by [`HANDSHAKE_TIMEOUT`]).
+pub async fn serve_with(
+    listener: TcpListener,
+    state: Arc<NodeState>,
+    tls: Option<Arc<ClientPortsTls>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let local = listener.local_addr().ok();
     let shared = Arc::new(Shared::new(local.map_or(0, |a| a.port())));
-    tracing::info!(addr = ?local, "resp listener started");
+    tracing::info!(addr = ?local, tls = tls.is_some(), "resp listener started");
     let mut connections = JoinSet::new();
     if !*shutdown.borrow_and_update() {
         loop {
@@ -58,9 +73,33 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: w
                         }
                         let local = stream.local_addr().ok();
                         let (state, shared, shutdown) = (state.clone(), shared.clone(), shutdown.clone());
-                        connections.spawn(async move {
-                            serve_connection(stream, Some(peer), local, state, shared, shutdown).await;
-                        });
+                        match &tls {
+                            None => {
+                                connections.spawn(async move {
+                                    serve_connection(stream, Some(peer), local, state, shared, shutdown).await;
+                                });
+                            }
+                            Some(tls) => {
+                                let (acceptor, tls) = (tls.resp_acceptor(), tls.clone());
+                                connections.spawn(async move {
+                                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                        Ok(Ok(stream)) => stream,
+                                        Ok(Err(e)) => {
+                                            tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                                            let reason = rustls_error(&e).map(|r| explain(r, "--tls-cert")).unwrap_or_else(|| e.to_string());
+                                            tracing::debug!(peer = %peer, reason = %reason, "resp tls handshake failed");
+                                            return;
+                                        }
+                                        Err(_) => {
+                                            tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                                            tracing::debug!(peer = %peer, "resp tls handshake timed out");
+                                            return;
+                                        }
+                                    };
+                                    serve_connection(stream, Some(peer), local, state, shared, shutdown).await;
+                                });
+                            }
+                        }
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off a little.
@@ -130,7 +169,8 @@ async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let open = OpenConnection::new(state.clone(), shared.clone());
-    let session = Session::new(shared.next_client_id(), peer, local);
+    let mut session = Session::new(shared.next_client_id(), peer, local);
+    session.authenticated = !state.security.auth_required();
     let client_id = session.id;
     tracing::debug!(client_id, peer = ?peer, "resp connection opened");
     connection::run(stream, &state, &shared, session, shutdown).await;
