@@ -16,8 +16,16 @@ use crate::security::{PeerTlsFiles, SecurityConfig};
 
 /// Flags of `geocache-node`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "geocache-node", version, about = "GeoCache node: a geo-distributed cache of JSON documents")]
+#[command(
+    name = "geocache-node",
+    version,
+    about = "GeoCache node: a geo-distributed cache of JSON documents",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Flags {
+    /// Subcommands; without one, the node runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Unique id of this node in the fleet (default: the host name).
     #[arg(long, env = "GEOCACHE_NODE_ID")]
     pub node_id: Option<String>,
@@ -109,6 +117,13 @@ pub struct Flags {
     /// Log format.
     #[arg(long, env = "GEOCACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Subcommands of `geocache-node`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Start a multi-region fleet on loopback addresses, with simulated WAN delay between regions.
+    Fleet(crate::fleet::FleetArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

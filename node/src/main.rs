@@ -33,7 +33,11 @@ async fn wait_for_signal() {
 }
 
 fn main() -> std::process::ExitCode {
-    let flags = Flags::parse();
+    let mut flags = Flags::parse();
+    if let Some(geocache_node::config::Command::Fleet(args)) = flags.command.take() {
+        init_logging(flags.log_format);
+        return geocache_node::fleet::main(args);
+    }
     let log_format = flags.log_format;
     let config = match flags.validate() {
         Ok(c) => c,

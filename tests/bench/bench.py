@@ -248,6 +248,56 @@ def loadavg():
         return " ".join(f.read().split()[:3])
 
 
+def machine_busy_seconds():
+    """CPU seconds spent busy by the whole machine (all CPUs) since boot."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / CLK_TCK
+
+
+def children_cpu_seconds():
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+_quiet_budget = [float(env_int("BENCH_QUIET_BUDGET", 900))]
+
+
+def wait_quiet(threshold=0.3, max_wait=60):
+    """The machine is shared: before a measurement, wait (within a total budget) until the
+    rest of the machine uses less than `threshold` cores. Returns the load seen (cores)."""
+    deadline = time.monotonic() + min(max_wait, max(_quiet_budget[0], 0))
+    t_start = time.monotonic()
+    while True:
+        b0, t0 = machine_busy_seconds(), time.monotonic()
+        time.sleep(0.5)
+        load = (machine_busy_seconds() - b0) / (time.monotonic() - t0)
+        if load < threshold or time.monotonic() >= deadline:
+            waited = time.monotonic() - t_start - 0.5
+            _quiet_budget[0] -= max(waited, 0)
+            if waited > 1:
+                log(f"waited {waited:.0f}s for other work on the machine to calm down (now {load:.2f} cores busy)")
+            return load
+
+
+class Foreign:
+    """Measures the CPU used by everything else on the machine during a measurement:
+    machine busy time minus the server's and our client's CPU time, in cores."""
+
+    def __init__(self, server_pids):
+        self.pids = server_pids
+        self.m0, self.c0, self.t0 = machine_busy_seconds(), children_cpu_seconds(), time.monotonic()
+        self.s0 = sum(cpu_seconds(p) for p in self.pids)
+
+    def cores(self):
+        wall = time.monotonic() - self.t0
+        other = (machine_busy_seconds() - self.m0) - (children_cpu_seconds() - self.c0) \
+            - (sum(cpu_seconds(p) for p in self.pids) - self.s0)
+        return max(other, 0.0) / max(wall, 1e-6)
+
+
 def median(xs):
     return statistics.median(xs) if xs else None
 
@@ -482,8 +532,10 @@ def redis_benchmark(sys_, test, pipeline, n, cpus=None):
     else:
         argv += ["-d", str(c["value_bytes"]), "-t", test.lower()]
     cpu0 = cpu_seconds(sys_.pid())
+    foreign = Foreign([sys_.pid()])
     out, err = run(argv, timeout=max(120, n // 2000), cpus=cpus)
     cpu = cpu_seconds(sys_.pid()) - cpu0
+    other = foreign.cores()
     rows = [l for l in out.splitlines() if l.startswith('"') and not l.startswith('"test"')]
     if len(rows) != 1:
         raise BenchError(f"redis-benchmark {test} against {sys_.label}: no result in {out[-300:]!r} {err[-300:]!r}")
@@ -495,7 +547,7 @@ def redis_benchmark(sys_, test, pipeline, n, cpus=None):
         raise BenchError(f"redis-benchmark {test} against {sys_.label} got errors: {errors[:3]}")
     return {"system": sys_.name, "test": test, "pipeline": pipeline, "n": n, "rps": rps, "avg_ms": avg,
             "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "max_ms": mx, "cpu_s": cpu,
-            "cpu_us_per_op": cpu * 1e6 / n}
+            "cpu_us_per_op": cpu * 1e6 / n, "other_cores": other}
 
 
 def phase_resp(results, pinned):
@@ -518,12 +570,13 @@ def phase_resp(results, pinned):
                 order = systems if k % 2 == 0 else systems[::-1]
                 k += 1
                 for s in order:
+                    wait_quiet()
                     r = redis_benchmark(s, test, pl, n, cpus=client_cpus)
                     r.update(round=rnd, pinned=pinned, loadavg=loadavg())
                     results["resp"].append(r)
                     log(f"{'pinned ' if pinned else ''}round {rnd + 1} {test:8} -P {pl:<2} {s.label:14} "
                         f"{r['rps']:>11,.0f} rps  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  "
-                        f"server CPU {r['cpu_us_per_op']:.2f} us/op")
+                        f"server CPU {r['cpu_us_per_op']:.2f} us/op  other load {r['other_cores']:.2f} cores")
         # Sanity: a GET answers the value redis-benchmark wrote.
         for s in systems:
             reply = resp_command(s.host, s.port, "GET", key_name("key", 1))
@@ -553,9 +606,12 @@ def phase_http(results):
                         "--timeout", "5s", "-s", os.path.join(HERE, "wrk.lua"),
                         f"http://{geo.http_host}:{geo.http_port}", "--", mode, str(c["keyspace"]),
                         str(c["value_bytes"])]
+                wait_quiet()
                 cpu0 = cpu_seconds(geo.pid())
+                foreign = Foreign([geo.pid()])
                 out, err = run(argv, timeout=c["wrk_duration"] + 60)
                 cpu = cpu_seconds(geo.pid()) - cpu0
+                other = foreign.cores()
                 line = [l for l in out.splitlines() if l.startswith("BENCH_JSON ")]
                 if not line:
                     raise BenchError(f"wrk {mode}: no result in {out[-300:]!r} {err[-300:]!r}")
@@ -567,10 +623,11 @@ def phase_http(results):
                      "rps": w["requests"] / (w["duration_us"] / 1e6), "p50_ms": w["lat_p50_us"] / 1000,
                      "p90_ms": w["lat_p90_us"] / 1000, "p99_ms": w["lat_p99_us"] / 1000,
                      "max_ms": w["lat_max_us"] / 1000, "cpu_us_per_op": cpu * 1e6 / max(w["requests"], 1),
-                     "loadavg": loadavg()}
+                     "loadavg": loadavg(), "other_cores": other}
                 results["http"].append(r)
                 log(f"http round {rnd + 1} {mode.upper():3} {r['rps']:>10,.0f} rps  p50 {r['p50_ms']:.3f} ms  "
-                    f"p99 {r['p99_ms']:.3f} ms  server CPU {r['cpu_us_per_op']:.2f} us/op")
+                    f"p99 {r['p99_ms']:.3f} ms  server CPU {r['cpu_us_per_op']:.2f} us/op  "
+                    f"other load {other:.2f} cores")
     finally:
         geo.stop()
 
@@ -626,7 +683,10 @@ RECOVERED_RE = re.compile(r"recovered (\d+) entries in (\d+) ms")
 
 
 def geo_restart_measure(geo, label, results, extra=()):
+    wait_quiet()
+    foreign = Foreign([])
     wall = geo.start(extra=extra, timeout=1800)
+    other = max(foreign.cores() - cpu_seconds(geo.pid()) / max(wall, 1e-6), 0.0)
     text = geo.log_text()
     m = RECOVERED_RE.findall(text)
     if not m:
@@ -634,7 +694,7 @@ def geo_restart_measure(geo, label, results, extra=()):
     entries, ms = int(m[-1][0]), int(m[-1][1])
     keys = dbsize(geo)
     r = {"system": "geocache", "mode": label, "ready_s": wall, "logged_ms": ms, "entries": entries, "keys": keys,
-         "rss": rss_bytes(geo.pid())}
+         "rss": rss_bytes(geo.pid()), "other_cores": other}
     log(f"recovery geocache {label:8}: ready in {wall:.2f}s (log: recovered {entries} entries in {ms} ms), "
         f"{keys} keys")
     return r
@@ -646,7 +706,10 @@ REDIS_LOADED_RE = re.compile(r"DB loaded from (append only file|disk): ([0-9.]+)
 
 def redis_restart_measure(red, label, extra):
     off = os.path.getsize(red_log(red)) if os.path.exists(red_log(red)) else 0
+    wait_quiet()
+    foreign = Foreign([])
     wall = red.start(extra=extra, timeout=1800)
+    other = max(foreign.cores() - cpu_seconds(red.pid()) / max(wall, 1e-6), 0.0)
     with open(red_log(red), "rb") as f:
         f.seek(off)
         text = f.read().decode(errors="replace")
@@ -655,7 +718,7 @@ def redis_restart_measure(red, label, extra):
     keys = dbsize(red)
     log(f"recovery redis    {label:8}: ready in {wall:.2f}s (log: loaded in {logged} s), {keys} keys")
     return {"system": "redis", "mode": label, "ready_s": wall, "logged_ms": logged * 1000 if logged else None,
-            "keys": keys, "rss": rss_bytes(red.pid())}
+            "keys": keys, "rss": rss_bytes(red.pid()), "other_cores": other}
 
 
 def red_log(red):
@@ -890,6 +953,7 @@ def phase_profile(results):
                     # Calibrate so that the profiled run lasts about profile_seconds.
                     guess = redis_benchmark(s, test, pl, 20_000 if pl == 1 else 100_000)["rps"]
                     data = os.path.join(WORK, f"perf-{sysname}-{test}-P{pl}.data")
+                    wait_quiet()
                     perf = start(["perf", "record", "-F", "999", "-g", "--call-graph", "dwarf,16384", "-p",
                                   str(s.pid()), "-o", data], f"perf-{sysname}-{test}-{pl}.log")
                     time.sleep(0.5)
@@ -995,6 +1059,7 @@ def summarize_resp(results, pinned):
             rs = [r for r in runs if r["test"] == test and r["pipeline"] == pl and r["system"] == sysname]
             agg[sysname] = {m: median([r[m] for r in rs]) for m in ("rps", "p50_ms", "p99_ms", "cpu_us_per_op")}
             agg[sysname]["all_rps"] = [r["rps"] for r in rs]
+            agg[sysname]["all_other"] = [r.get("other_cores") for r in rs]
         red, geo = agg["redis"], agg["geocache"]
         rows.append({"test": test, "pipeline": pl, "redis": red, "geocache": geo,
                      "ratio": geo["rps"] / red["rps"] if red["rps"] else None,
@@ -1056,14 +1121,16 @@ def write_results_md(results, info):
                   f"{fmt_ms(geo['p50_ms'])} / {fmt_ms(geo['p99_ms'])} | {r['p99_ratio']:.2f}x | "
                   f"{red['cpu_us_per_op']:.2f} / {geo['cpu_us_per_op']:.2f} |")
             w("")
-            w("<details><summary>every run (ops/s)</summary>")
+            w("<details><summary>every run: ops/s (CPU cores used by other work on the machine meanwhile)</summary>")
             w("")
             w("| test | redis-server | GeoCache |")
             w("|---|---|---|")
+
+            def runs(a):
+                return ", ".join(f"{fmt_rps(x)} ({o:.2f})" if o is not None else fmt_rps(x)
+                                 for x, o in zip(a["all_rps"], a["all_other"]))
             for r in rows:
-                w(f"| {test_label(r['test'], r['pipeline'])} | "
-                  f"{', '.join(fmt_rps(x) for x in r['redis']['all_rps'])} | "
-                  f"{', '.join(fmt_rps(x) for x in r['geocache']['all_rps'])} |")
+                w(f"| {test_label(r['test'], r['pipeline'])} | {runs(r['redis'])} | {runs(r['geocache'])} |")
             w("")
             w("</details>")
             w("")
@@ -1219,7 +1286,9 @@ def write_results_md(results, info):
     w("- redis-benchmark's `-d` payload is not JSON, so GeoCache stores it as an opaque string; the "
       "`SET 200 B JSON doc` rows send a JSON document (GeoCache validates it and stores it as JSON).")
     w("- Systems are alternated test by test (A B, then B A), each test repeated; the median is reported. "
-      "The machine is shared, so single runs can be disturbed: look at every run in the details.")
+      "The machine is shared: before each measurement the script waits (within a budget, `BENCH_QUIET_BUDGET`) "
+      "until other work uses under 0.3 cores, and it records how many cores other work used during each run "
+      "(machine busy time minus server and client CPU) — see every run in the details.")
     w("- Memory is RSS from `/proc/<pid>/status`, not the allocator's view; both processes are fresh.")
     w("- Knobs: `BENCH_QUICK=1`, `BENCH_ROUNDS`, `BENCH_N_P1`, `BENCH_N_P16`, `BENCH_KEYSPACE`, `BENCH_CLIENTS`, "
       "`BENCH_PIN=0`, `BENCH_WRK_DURATION`, `BENCH_MEM_KEYS`, `BENCH_RECOVERY_KEYS`, `BENCH_SKIP=resp,http,memory,"

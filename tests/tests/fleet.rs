@@ -74,6 +74,18 @@ impl FleetProcess {
     /// Starts `geocache-node fleet` with `args` (after `fleet`) on a random
     /// `127.<net>.x.y` block and random ports, and waits until it printed its endpoints.
     fn start(args: &[&str]) -> FleetProcess {
+        // The ports are fixed per fleet, so another process may hold one: retry elsewhere.
+        for _ in 0..3 {
+            match FleetProcess::try_start(args) {
+                Ok(fleet) => return fleet,
+                Err(stderr) => eprintln!("an address of the fleet was busy; trying others:\n{stderr}"),
+            }
+        }
+        panic!("geocache-node fleet found busy addresses three times in a row");
+    }
+
+    /// `Err(stderr)` when the fleet could not bind an address (worth a retry).
+    fn try_start(args: &[&str]) -> Result<FleetProcess, String> {
         let r = random_u64();
         let net = (r % 250 + 2) as u8;
         let base = 20_000 + (r >> 8) % 30_000;
@@ -117,11 +129,15 @@ impl FleetProcess {
             if err.contains("unexpected argument 'fleet'") || err.contains("unrecognized subcommand") {
                 panic!("geocache-node has no `fleet` subcommand yet: wire geocache_node::fleet into main.rs\n{err}");
             }
+            if err.contains("Address already in use") || err.contains("address already in use") {
+                fleet.child = None;
+                return Err(err);
+            }
             panic!("geocache-node fleet exited ({status}) before it was ready; stderr:\n{err}");
         }
         assert!(ready, "geocache-node fleet printed no endpoints within 60 s; stderr:\n{}", fleet.stderr());
         eprintln!("fleet ready in {:?}", started.elapsed());
-        fleet
+        Ok(fleet)
     }
 
     fn pid(&self) -> u32 {

@@ -7,17 +7,45 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::frame::{Frame, PROTOCOL_VERSION};
-use super::io::{FrameReader, FrameWriter, LinkError};
+use super::io::LinkError;
 use crate::journal::Offered;
 use crate::persist::record;
 use crate::state::NodeState;
 
+/// Remembers which refusals were logged recently, so that a peer retrying every few
+/// seconds is reported once a minute, not at every try.
+#[derive(Default)]
+struct RefusalLog {
+    logged: Mutex<std::collections::HashMap<(std::net::IpAddr, String), std::time::Instant>>,
+}
+
+impl RefusalLog {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn should_log(&self, remote: std::net::IpAddr, reason: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut logged = self.logged.lock();
+        if logged.len() > 1024 {
+            logged.retain(|_, at| now.duration_since(*at) < Self::EVERY);
+        }
+        match logged.get(&(remote, reason.to_string())) {
+            Some(at) if now.duration_since(*at) < Self::EVERY => false,
+            _ => {
+                logged.insert((remote, reason.to_string()), now);
+                true
+            }
+        }
+    }
+}
+
 /// Accepts peer connections until shutdown.
 pub async fn accept_loop(listener: TcpListener, state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
+    let refusals = Arc::new(RefusalLog::default());
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -27,6 +55,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<NodeState>, mut shutd
             Ok((socket, remote)) => {
                 let state = state.clone();
                 let mut shutdown = shutdown.clone();
+                let refusals = refusals.clone();
                 tokio::spawn(async move {
                     let result = tokio::select! {
                         r = receive(&state, socket) => r,
@@ -34,7 +63,11 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<NodeState>, mut shutd
                     };
                     if let Err(e) = result {
                         state.replication.counters.link_errors.fetch_add(1, Ordering::Relaxed);
-                        if matches!(e, LinkError::Frame(_) | LinkError::Record(_) | LinkError::Unexpected(_)) {
+                        if let LinkError::Tls(reason) | LinkError::Identity(reason) = &e {
+                            if refusals.should_log(remote.ip(), reason) {
+                                tracing::warn!(remote = %remote, reason = %reason, category = e.category(), "refused a peer link");
+                            }
+                        } else if matches!(e, LinkError::Frame(_) | LinkError::Record(_) | LinkError::Unexpected(_)) {
                             state.replication.counters.dropped_frames.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(remote = %remote, error = %e, "closed a peer link after a malformed frame");
                         } else {
@@ -55,10 +88,8 @@ async fn receive(state: &Arc<NodeState>, socket: TcpStream) -> Result<(), LinkEr
     let repl = &state.replication;
     let journal = state.db.journal();
     let timeout = repl.config.peer_timeout;
-    socket.set_nodelay(true)?;
-    let (rd, wr) = socket.into_split();
-    let mut reader = FrameReader::new(rd);
-    let mut writer = FrameWriter::new(wr);
+    let super::transport::Connection { mut reader, mut writer, cert } =
+        super::transport::accept(state, socket, timeout).await?;
     let peer = match reader.next_within(timeout, "hello").await? {
         Frame::Hello(id) => id,
         _ => {
@@ -71,6 +102,10 @@ async fn receive(state: &Arc<NodeState>, socket: TcpStream) -> Result<(), LinkEr
             .goodbye(&format!("unsupported protocol version {}, this node speaks {PROTOCOL_VERSION}", peer.version))
             .await;
         return Err(LinkError::Refused(format!("peer speaks protocol {}", peer.version)));
+    }
+    if let Err(e) = super::transport::check_identity(state, cert.as_ref(), &peer.node_id, &peer.region) {
+        writer.goodbye(&format!("{}{e}", super::link::REFUSED_PREFIX)).await;
+        return Err(e);
     }
     writer.send(&Frame::Welcome(repl.identity(journal.local_stream().epoch), journal.positions())).await?;
     if peer.node_id == repl.node_id() {

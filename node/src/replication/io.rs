@@ -1,10 +1,9 @@
-//! Reading and writing frames on a TCP connection.
+//! Reading and writing frames on a peer connection (TCP, or TLS over TCP).
 
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{Frame, FrameError};
 
@@ -12,7 +11,13 @@ use super::frame::{Frame, FrameError};
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+    /// The TLS handshake or stream failed; says why (e.g. a certificate from another CA).
+    #[error("{0}")]
+    Tls(String),
+    /// The peer's certificate does not authorize the identity it claims.
+    #[error("{0}")]
+    Identity(String),
     #[error("protocol: {0}")]
     Frame(#[from] FrameError),
     #[error("bad record: {0}")]
@@ -34,6 +39,8 @@ impl LinkError {
     pub fn category(&self) -> &'static str {
         match self {
             LinkError::Io(_) => "io",
+            LinkError::Tls(_) => "tls",
+            LinkError::Identity(_) => "identity",
             LinkError::Frame(_) | LinkError::Record(_) => "protocol",
             LinkError::Closed => "closed",
             LinkError::Goodbye(_) => "goodbye",
@@ -44,13 +51,29 @@ impl LinkError {
     }
 }
 
+impl From<std::io::Error> for LinkError {
+    /// An I/O error of a TLS stream that carries a TLS error (an alert from the peer,
+    /// a refused certificate) is a [`LinkError::Tls`] that says why.
+    fn from(e: std::io::Error) -> Self {
+        match crate::security::tls::rustls_error(&e) {
+            Some(tls) => LinkError::Tls(crate::security::tls::explain(tls, "--peer-tls-ca")),
+            None => LinkError::Io(e),
+        }
+    }
+}
+
+/// The reading half of a peer connection.
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a peer connection.
+pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
 pub struct FrameReader {
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     buf: BytesMut,
 }
 
 impl FrameReader {
-    pub fn new(rd: OwnedReadHalf) -> Self {
+    pub fn new(rd: ReadHalf) -> Self {
         FrameReader { rd, buf: BytesMut::with_capacity(64 << 10) }
     }
 
@@ -76,12 +99,12 @@ impl FrameReader {
 }
 
 pub struct FrameWriter {
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     buf: BytesMut,
 }
 
 impl FrameWriter {
-    pub fn new(wr: OwnedWriteHalf) -> Self {
+    pub fn new(wr: WriteHalf) -> Self {
         FrameWriter { wr, buf: BytesMut::with_capacity(64 << 10) }
     }
 
@@ -89,6 +112,8 @@ impl FrameWriter {
         self.buf.clear();
         frame.encode(&mut self.buf);
         self.wr.write_all(&self.buf).await?;
+        // A TLS stream holds what it encrypted until flushed.
+        self.wr.flush().await?;
         Ok(())
     }
 

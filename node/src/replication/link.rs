@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::frame::{Frame, PROTOCOL_VERSION};
@@ -26,6 +25,9 @@ const CHUNK_BYTES: usize = 256 << 10;
 pub async fn run_link(state: Arc<NodeState>, addr: String, mut shutdown: watch::Receiver<bool>) {
     let repl = &state.replication;
     let mut backoff = Duration::from_millis(100);
+    // The last security refusal logged, so that a link retrying every few seconds
+    // says why once, and again only when the reason changes.
+    let mut last_refusal: Option<String> = None;
     loop {
         if *shutdown.borrow() || !repl.table.lock().contains(&addr) {
             return;
@@ -44,9 +46,23 @@ pub async fn run_link(state: Arc<NodeState>, addr: String, mut shutdown: watch::
             }
         }
         repl.acks.notify_waiters();
-        if let Err(e) = &result {
-            repl.counters.link_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(peer = %addr, error = %e, category = e.category(), "link ended");
+        match &result {
+            Err(e @ (LinkError::Tls(_) | LinkError::Identity(_))) => {
+                repl.counters.link_errors.fetch_add(1, Ordering::Relaxed);
+                let reason = e.to_string();
+                if last_refusal.as_deref() != Some(reason.as_str()) {
+                    tracing::warn!(peer = %addr, reason = %reason, category = e.category(), "peer link refused");
+                    last_refusal = Some(reason);
+                }
+            }
+            Err(e) => {
+                repl.counters.link_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %addr, error = %e, category = e.category(), "link ended");
+                if started.elapsed() > Duration::from_secs(5) {
+                    last_refusal = None;
+                }
+            }
+            Ok(()) => last_refusal = None,
         }
         if redundant {
             // This address is us, or a node we already reach another way: look again
@@ -66,19 +82,19 @@ pub async fn run_link(state: Arc<NodeState>, addr: String, mut shutdown: watch::
 async fn connect_and_push(state: &Arc<NodeState>, addr: &str) -> Result<(), LinkError> {
     let repl = &state.replication;
     let timeout = repl.config.peer_timeout;
-    let socket =
-        tokio::time::timeout(timeout, TcpStream::connect(addr)).await.map_err(|_| LinkError::Timeout("connect"))??;
-    socket.set_nodelay(true)?;
-    let (rd, wr) = socket.into_split();
-    let mut reader = FrameReader::new(rd);
-    let mut writer = FrameWriter::new(wr);
+    let super::transport::Connection { mut reader, mut writer, cert } =
+        super::transport::dial(state, addr, timeout).await?;
     let journal = state.db.journal();
     writer.send(&Frame::Hello(repl.identity(journal.local_stream().epoch))).await?;
     let (peer, peer_positions) = match reader.next_within(timeout, "welcome").await? {
         Frame::Welcome(id, positions) => (id, positions),
-        Frame::Goodbye(reason) => return Err(LinkError::Goodbye(reason)),
+        Frame::Goodbye(reason) => return Err(refusal_or_goodbye(reason)),
         _ => return Err(LinkError::Unexpected("expected welcome")),
     };
+    if let Err(e) = super::transport::check_identity(state, cert.as_ref(), &peer.node_id, &peer.region) {
+        writer.goodbye(&format!("{REFUSED_PREFIX}{e}")).await;
+        return Err(e);
+    }
     if peer.version != PROTOCOL_VERSION {
         writer.goodbye("unsupported protocol version").await;
         return Err(LinkError::Refused(format!("peer speaks protocol {}, we speak {PROTOCOL_VERSION}", peer.version)));
@@ -121,6 +137,17 @@ async fn connect_and_push(state: &Arc<NodeState>, addr: &str) -> Result<(), Link
         writer.goodbye("link closing").await;
     }
     result
+}
+
+/// How a goodbye that refuses the link for a security reason starts.
+pub(super) const REFUSED_PREFIX: &str = "refused: ";
+
+/// A goodbye; one that refuses us for a security reason is reported as such.
+fn refusal_or_goodbye(reason: String) -> LinkError {
+    match reason.strip_prefix(REFUSED_PREFIX) {
+        Some(why) => LinkError::Identity(format!("the peer refused this node: {why}")),
+        None => LinkError::Goodbye(reason),
+    }
 }
 
 /// Handles what the receiver sends back: acks (positions), pings, gossip.

@@ -13,6 +13,7 @@ mod io;
 mod link;
 mod service;
 mod stream;
+mod transport;
 
 pub use backlog::{Backlog, BacklogEntry, Read};
 pub use frame::{Frame, FrameError, Identity, MAX_FRAME, PROTOCOL_VERSION, PeerInfo};

@@ -272,7 +272,7 @@ mod tests {
         assert_eq!(id.identities, vec![("eu".to_string(), "eu-0".to_string())]);
         assert_eq!(id.uris, vec!["geocache://eu/eu-0".to_string(), "spiffe://x/y".to_string()]);
         assert_eq!(id.dns_names, vec!["eu-0.peers.example".to_string()]);
-        assert_eq!(id.not_after, Some(1_930_435_200)); // 2031-03-04T00:00:00Z
+        assert_eq!(id.not_after, Some(1_930_348_800)); // 2031-03-04T00:00:00Z
     }
 
     #[test]
@@ -323,7 +323,7 @@ mod tests {
     fn times_in_both_encodings_are_read() {
         assert_eq!(parse_time(0x17, b"700101000000Z"), Some(0));
         assert_eq!(parse_time(0x17, b"491231235959Z"), Some(2_524_607_999));
-        assert_eq!(parse_time(0x18, b"20310304000000Z"), Some(1_930_435_200));
+        assert_eq!(parse_time(0x18, b"20310304000000Z"), Some(1_930_348_800));
         assert_eq!(parse_time(0x18, b"2031030400000Z"), None);
         assert_eq!(parse_time(0x17, b"70010100000+Z"), None);
     }

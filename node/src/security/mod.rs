@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod cert;
 pub mod files;
+pub mod pki;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -232,6 +233,3 @@ pub async fn reload_loop(state: Arc<crate::state::NodeState>, mut shutdown: watc
         }
     }
 }
-
-#[cfg(test)]
-pub(crate) mod test_pki;

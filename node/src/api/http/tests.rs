@@ -162,3 +162,80 @@ async fn readiness_follows_the_node_state_and_status_has_the_contract_fields() {
         assert!(status.get(field).is_some(), "status lacks {field}: {status}");
     }
 }
+
+/// A node that requires one of `passwords` (and, with `protect_metrics`, for
+/// `/metrics` too).
+fn state_with_passwords(passwords: &str, protect_metrics: bool) -> Arc<NodeState> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("passwords");
+    std::fs::write(&path, passwords).unwrap();
+    let auth = crate::security::ClientAuth::load(&path, protect_metrics).unwrap();
+    let origins = Arc::new(OriginTable::new(Origin { node_id: "eu-0".into(), region: "eu".into() }));
+    let db = Db::standalone(
+        Store::new(StoreConfig::default(), origins),
+        Limits { max_key_bytes: 16, max_value_bytes: 64 },
+        Arc::new(Metrics::default()),
+    );
+    let state = NodeState::standalone(db, NodeInfo { node_id: "eu-0".into(), region: "eu".into() }, None)
+        .with_security(crate::security::Security { auth: Some(Arc::new(auth)), ..Default::default() });
+    state.set_ready(true);
+    Arc::new(state)
+}
+
+#[tokio::test]
+async fn without_a_good_bearer_password_every_route_answers_401_and_changes_nothing() {
+    let s = state_with_passwords("s3cret\n", false);
+    let cases = [
+        warp::test::request().method("PUT").path("/v1/keys/a").body("1"),
+        warp::test::request().method("PUT").path("/v1/keys/a").header("authorization", "Bearer wrong").body("1"),
+        warp::test::request().method("PUT").path("/v1/keys/a").header("authorization", "Basic czNjcmV0").body("1"),
+        warp::test::request().path("/v1/keys/a").header("authorization", b"Bearer s3cret\xff".as_slice()),
+        warp::test::request().path("/v1/status"),
+        warp::test::request().path("/no/such/route"),
+        warp::test::request().method("DELETE").path("/v1/keys/a").header("authorization", "Bearer  "),
+    ];
+    for req in cases {
+        let (st, body, headers) = call(&s, req).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+        assert!(headers["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    }
+    assert_eq!(s.db.store().len(), 0);
+    let auth = s.security.auth.as_ref().unwrap();
+    assert_eq!(auth.failures_http.load(std::sync::atomic::Ordering::Relaxed), 7);
+}
+
+#[tokio::test]
+async fn an_accepted_bearer_password_opens_every_route() {
+    let s = state_with_passwords("old\nnew\n", false);
+    for pw in ["old", "new"] {
+        let (st, _, _) = call(
+            &s,
+            warp::test::request().method("PUT").path("/v1/keys/a").header("authorization", format!("bearer {pw}")).body("1"),
+        )
+        .await;
+        assert!(st.is_success(), "{pw}: {st}");
+    }
+    let (st, body, _) = call(&s, warp::test::request().path("/v1/status").header("authorization", "Bearer new")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(body["node_id"], "eu-0");
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_stay_open_unless_metrics_auth_is_set() {
+    let s = state_with_passwords("pw\n", false);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (st, _, _) = call(&s, warp::test::request().path(path)).await;
+        assert_eq!(st, StatusCode::OK, "{path}");
+    }
+    let s = state_with_passwords("pw\n", true);
+    let (st, _, _) = call(&s, warp::test::request().path("/metrics")).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let res = warp::test::request().path("/metrics").header("authorization", "Bearer pw").reply(&http_handlers(s.clone())).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let text = String::from_utf8_lossy(res.body()).into_owned();
+    assert!(text.contains("geocache_auth_failures_total{interface=\"http\"} 1"), "{text}");
+    assert!(!text.contains("pw\n") && !text.contains("\"pw\""));
+    let (st, _, _) = call(&s, warp::test::request().path("/healthz")).await;
+    assert_eq!(st, StatusCode::OK);
+}

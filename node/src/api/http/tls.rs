@@ -31,16 +31,17 @@ pub async fn serve_tls(
     let graceful = GracefulShutdown::new();
     tracing::info!(addr = ?listener.local_addr().ok(), "https listener started");
     loop {
-        let (socket, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "https accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let (socket, remote) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "https accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = socket.set_nodelay(true);
         let acceptor = tls.http_acceptor();

@@ -4,7 +4,44 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
-use crate::security::test_pki::{TestCa, TestCert};
+use crate::security::pki::{Authority, LeafSpec};
+
+struct TestCa(Authority);
+
+struct TestCert {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        TestCa(Authority::generate(name, std::time::Duration::from_secs(86_400)).unwrap())
+    }
+
+    /// Writes `dir/name.crt`, `dir/name.key` and the CA as `dir/name-ca.crt`.
+    fn issue(&self, dir: &Path, name: &str, dns: &[&str], uris: &[&str]) -> TestCert {
+        let issued = self
+            .0
+            .issue(&LeafSpec {
+                common_name: name.into(),
+                dns_names: dns.iter().map(|s| s.to_string()).collect(),
+                uris: uris.iter().map(|s| s.to_string()).collect(),
+                valid_for: std::time::Duration::from_secs(3600),
+                ..LeafSpec::default()
+            })
+            .unwrap();
+        let c = TestCert {
+            cert: dir.join(format!("{name}.crt")),
+            key: dir.join(format!("{name}.key")),
+            ca: dir.join(format!("{name}-ca.crt")),
+        };
+        std::fs::write(&c.cert, issued.cert_pem).unwrap();
+        std::fs::write(&c.key, issued.key_pem).unwrap();
+        std::fs::write(&c.ca, self.0.cert_pem()).unwrap();
+        c
+    }
+}
 
 /// Runs a handshake over an in-memory pipe, then a byte each way; returns the two
 /// sides' errors explained.

@@ -805,3 +805,89 @@ fn writes_are_counted_for_acknowledgement_even_without_a_log() {
     assert_eq!((ctx.lsn, ctx.journaled), (None, 1));
     assert!(ctx.seq.is_some());
 }
+
+// ---------------------------------------------------------------------------------
+// Authentication (--auth-file)
+
+impl Harness {
+    /// A node that requires one of `passwords`, and a connection that has not
+    /// authenticated yet.
+    fn with_passwords(passwords: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("passwords");
+        std::fs::write(&path, passwords).expect("write passwords");
+        let auth = crate::security::ClientAuth::load(&path, false).expect("load passwords");
+        let security = crate::security::Security { auth: Some(Arc::new(auth)), ..Default::default() };
+        let origins = Arc::new(OriginTable::new(Origin { node_id: "eu-0".into(), region: "eu".into() }));
+        let db = Db::standalone(Store::new(StoreConfig::default(), origins), Limits::default(), Arc::new(Metrics::default()));
+        let state = NodeState::standalone(db, NodeInfo { node_id: "eu-0".into(), region: "eu".into() }, None)
+            .with_security(security);
+        let shared = Shared::new(6379);
+        let mut session = Session::new(shared.next_client_id(), None, None);
+        session.authenticated = false;
+        Harness { state: Arc::new(state), shared, session, out: Out::new() }
+    }
+
+    fn auth_failures(&self) -> u64 {
+        let auth = self.state.security.auth.as_ref().expect("auth on");
+        auth.failures_resp.load(Ordering::Relaxed)
+    }
+}
+
+const NOAUTH_REPLY: &str = "-NOAUTH Authentication required.\r\n";
+const WRONGPASS_REPLY: &str = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+
+#[test]
+fn before_auth_every_command_but_auth_hello_quit_and_reset_gets_noauth() {
+    let mut h = Harness::with_passwords("s3cret\n");
+    for cmd in [&["PING"][..], &["GET", "k"], &["SET", "k", "v"], &["INFO"], &["COMMAND"], &["NOSUCH", "x"], &["SELECT", "0"]] {
+        assert_eq!(h.run(cmd), NOAUTH_REPLY, "{cmd:?}");
+    }
+    assert_eq!(h.state.db.store().len(), 0, "nothing was written");
+    assert_eq!(h.run(&["AUTH", "s3cret"]), OK);
+    assert_eq!(h.run(&["PING"]), "+PONG\r\n");
+    assert_eq!(h.run(&["SET", "k", "v"]), OK);
+}
+
+#[test]
+fn a_wrong_password_or_user_is_refused_with_wrongpass_and_leaves_the_client_unauthenticated() {
+    let mut h = Harness::with_passwords("s3cret\n");
+    assert_eq!(h.run(&["AUTH", "guess"]), WRONGPASS_REPLY);
+    assert_eq!(h.run(&["AUTH", "admin", "s3cret"]), WRONGPASS_REPLY);
+    assert_eq!(h.run(&["AUTH", "default", ""]), WRONGPASS_REPLY);
+    assert_eq!(h.run(&["GET", "k"]), NOAUTH_REPLY);
+    assert_eq!(h.auth_failures(), 4);
+    assert_eq!(h.run(&["AUTH", "default", "s3cret"]), OK);
+    assert_eq!(h.run(&["GET", "k"]), NIL);
+}
+
+#[test]
+fn hello_authenticates_with_its_auth_option_and_otherwise_asks_for_it() {
+    let mut h = Harness::with_passwords("old\nnew\n");
+    let reply = h.run(&["HELLO", "3"]);
+    assert!(reply.starts_with("-NOAUTH HELLO must be called with the client already authenticated"), "{reply}");
+    assert!(!h.out.resp3(), "a refused HELLO does not switch the protocol");
+    assert_eq!(h.run(&["HELLO", "3", "AUTH", "default", "wrong"]), WRONGPASS_REPLY);
+    let reply = h.run(&["HELLO", "3", "AUTH", "default", "new", "SETNAME", "app"]);
+    assert!(reply.starts_with("%7\r\n"), "{reply}");
+    assert!(h.out.resp3());
+    assert_eq!(h.session.name.as_deref(), Some(&b"app"[..]));
+    assert_eq!(h.run(&["GET", "k"]), "_\r\n");
+}
+
+#[test]
+fn reset_returns_to_the_unauthenticated_default_user() {
+    let mut h = Harness::with_passwords("pw\n");
+    assert_eq!(h.run(&["AUTH", "pw"]), OK);
+    assert_eq!(h.run(&["RESET"]), "+RESET\r\n");
+    assert_eq!(h.run(&["GET", "k"]), NOAUTH_REPLY);
+}
+
+#[test]
+fn without_an_auth_file_the_default_user_needs_no_password() {
+    let mut h = Harness::new();
+    assert_eq!(h.run(&["GET", "k"]), NIL);
+    assert_eq!(h.run(&["AUTH", "default", "anything"]), OK);
+    assert_eq!(h.run(&["AUTH", "someone", "anything"]), WRONGPASS_REPLY);
+    assert!(h.run(&["AUTH", "pw"]).starts_with("-ERR AUTH <password> called without any password configured"));
+}
