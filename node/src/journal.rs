@@ -6,8 +6,9 @@
 //! the store agree on the order of writes to a key.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
@@ -23,6 +24,9 @@ pub struct JournalState {
     pub backlog: Backlog,
     /// Sequence number of the last local write.
     pub local_seq: u64,
+    /// Where records are encoded for the backlog: one allocation shared by many
+    /// records instead of one each.
+    arena: BytesMut,
 }
 
 /// Where a local write landed.
@@ -37,8 +41,10 @@ pub struct Journal {
     persist: Option<Arc<Persist>>,
     local: StreamId,
     local_origin: Origin,
-    /// Whether records are kept for peers (only when replication is configured).
-    keep_backlog: bool,
+    /// Whether records are kept for peers: only while this node has peers to push to
+    /// (a peer that appears later starts with a snapshot).
+    keep_backlog: AtomicBool,
+    backlog_configured: bool,
     new_records: Notify,
 }
 
@@ -66,17 +72,32 @@ impl Journal {
                 positions,
                 backlog: Backlog::new(backlog_bytes.unwrap_or(0)),
                 local_seq: 0,
+                arena: BytesMut::new(),
             }),
             persist,
             local,
             local_origin,
-            keep_backlog: backlog_bytes.is_some(),
+            keep_backlog: AtomicBool::new(false),
+            backlog_configured: backlog_bytes.is_some(),
             new_records: Notify::new(),
         }
     }
 
     pub fn persist(&self) -> Option<&Arc<Persist>> {
         self.persist.as_ref()
+    }
+
+    /// Turns the backlog on (there are peers to push to) or off (none: its records
+    /// are dropped).
+    pub fn set_backlog(&self, on: bool) {
+        let on = on && self.backlog_configured;
+        if self.keep_backlog.swap(on, Ordering::AcqRel) != on && !on {
+            self.state.lock().backlog.clear();
+        }
+    }
+
+    fn keeps_backlog(&self) -> bool {
+        self.keep_backlog.load(Ordering::Relaxed)
     }
 
     /// This node's stream in this run.
@@ -104,13 +125,17 @@ impl Journal {
         st.local_seq += 1;
         let seq = st.local_seq;
         st.positions.set(self.local.clone(), seq);
-        if !self.keep_backlog {
+        if !self.keeps_backlog() {
             let lsn = self.persist.as_ref().map(|p| p.append(Some((&self.local, seq)), record));
             return Appended { seq, lsn };
         }
-        let mut buf = Vec::with_capacity(64 + record.key.len() + record.value.map_or(0, |v| v.bytes.len()));
-        record::encode(&mut buf, seq, self.local.epoch, &self.local_origin, record);
-        let encoded = Bytes::from(buf);
+        let need = 64 + record.key.len() + record.value.map_or(0, |v| v.bytes.len());
+        if st.arena.capacity() < need {
+            st.arena.reserve(need.max(256 << 10));
+        }
+        // Encode into the arena's spare room, then split that record off as `Bytes`.
+        record::encode(&mut st.arena, seq, self.local.epoch, &self.local_origin, record);
+        let encoded = st.arena.split().freeze();
         let lsn = self.persist.as_ref().map(|p| p.append_encoded(&encoded));
         st.backlog.push(BacklogEntry { stream: self.local.clone(), seq, at_ms: now_ms, encoded });
         drop(st);
@@ -143,7 +168,7 @@ impl Journal {
     ) -> Option<Lsn> {
         st.positions.set(stream.clone(), seq);
         let lsn = self.persist.as_ref().map(|p| p.append_encoded(encoded));
-        if self.keep_backlog {
+        if self.keeps_backlog() {
             st.backlog.push(BacklogEntry { stream: stream.clone(), seq, at_ms: now_ms, encoded: encoded.clone() });
             drop(st);
             self.new_records.notify_waiters();

@@ -72,8 +72,12 @@ pub enum DecodeError {
     Malformed(&'static str),
 }
 
+/// Where records are encoded: a `Vec<u8>` or a `BytesMut`.
+pub trait Sink: bytes::BufMut + std::ops::DerefMut<Target = [u8]> {}
+impl<T: bytes::BufMut + std::ops::DerefMut<Target = [u8]>> Sink for T {}
+
 /// Appends a positions marker (see the module docs) to `out`.
-pub fn encode_marker(out: &mut Vec<u8>, positions: &[u8]) {
+pub fn encode_marker(out: &mut impl Sink, positions: &[u8]) {
     let origin = Origin { node_id: "".into(), region: "".into() };
     let record = RecordRef {
         key: "",
@@ -85,11 +89,11 @@ pub fn encode_marker(out: &mut Vec<u8>, positions: &[u8]) {
 }
 
 /// Appends the encoding of a record to `out`.
-pub fn encode(out: &mut Vec<u8>, seq: u64, epoch: u64, origin: &Origin, record: RecordRef<'_>) {
+pub fn encode(out: &mut impl Sink, seq: u64, epoch: u64, origin: &Origin, record: RecordRef<'_>) {
     encode_with_flags(out, seq, epoch, origin, record, 0);
 }
 
-fn encode_with_flags(out: &mut Vec<u8>, seq: u64, epoch: u64, origin: &Origin, record: RecordRef<'_>, extra: u8) {
+fn encode_with_flags(out: &mut impl Sink, seq: u64, epoch: u64, origin: &Origin, record: RecordRef<'_>, extra: u8) {
     let node = truncate_to(origin.node_id.as_bytes(), u8::MAX as usize);
     let region = truncate_to(origin.region.as_bytes(), u8::MAX as usize);
     let key = record.key.as_bytes();
@@ -102,23 +106,22 @@ fn encode_with_flags(out: &mut Vec<u8>, seq: u64, epoch: u64, origin: &Origin, r
         };
     let payload_len = 1 + 8 + 8 + 8 + 8 + 1 + 1 + node.len() + 1 + region.len() + 2 + key.len() + 4 + value.len();
     let start = out.len();
-    out.reserve(HEADER_LEN + payload_len);
-    out.extend_from_slice(&(payload_len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.push(FORMAT);
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&epoch.to_le_bytes());
-    out.extend_from_slice(&record.version.hlc.to_le_bytes());
-    out.extend_from_slice(&record.expires_at.unwrap_or(0).to_le_bytes());
-    out.push(flags);
-    out.push(node.len() as u8);
-    out.extend_from_slice(node);
-    out.push(region.len() as u8);
-    out.extend_from_slice(region);
-    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
-    out.extend_from_slice(key);
-    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    out.extend_from_slice(value);
+    out.put_u32_le(payload_len as u32);
+    out.put_u32_le(0);
+    out.put_u8(FORMAT);
+    out.put_u64_le(seq);
+    out.put_u64_le(epoch);
+    out.put_u64_le(record.version.hlc);
+    out.put_u64_le(record.expires_at.unwrap_or(0));
+    out.put_u8(flags);
+    out.put_u8(node.len() as u8);
+    out.put_slice(node);
+    out.put_u8(region.len() as u8);
+    out.put_slice(region);
+    out.put_u16_le(key.len() as u16);
+    out.put_slice(key);
+    out.put_u32_le(value.len() as u32);
+    out.put_slice(value);
     let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }

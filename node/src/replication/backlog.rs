@@ -61,6 +61,14 @@ impl Backlog {
         }
     }
 
+    /// Drops every record (indexes keep counting: readers behind must resync).
+    pub fn clear(&mut self) {
+        self.base += self.entries.len() as u64;
+        self.entries.clear();
+        self.bytes = 0;
+        self.first_seq.clear();
+    }
+
     /// Index just past the newest record.
     pub fn end(&self) -> u64 {
         self.base + self.entries.len() as u64
@@ -172,6 +180,18 @@ mod tests {
         let have = positions(&[("old", 40)]);
         assert!(!b.reaches_back(&have, &positions(&[])));
         assert!(b.reaches_back(&have, &positions(&[("old", 40)])));
+    }
+
+    #[test]
+    fn a_cleared_backlog_sends_readers_to_a_resync() {
+        let mut b = Backlog::new(1 << 20);
+        for i in 1..=3 {
+            b.push(entry("a", i, 10));
+        }
+        b.clear();
+        assert!(matches!(b.read(1, 100), Read::Evicted));
+        assert!(!b.reaches_back(&positions(&[("a", 3)]), &positions(&[("a", 1)])));
+        assert_eq!(b.end(), 3);
     }
 
     #[test]

@@ -514,6 +514,8 @@ async fn manage_peers(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>
             tracing::info!(addr = %addr, "dropped a silent peer learned by gossip");
         }
         let addrs: Vec<String> = repl.table.lock().iter().map(|p| p.addr.clone()).collect();
+        // Records are kept for peers only while there are peers to push to.
+        state.db.journal().set_backlog(!addrs.is_empty());
         links.retain(|addr, handle| {
             let keep = addrs.contains(addr) && !handle.is_finished();
             if !keep {
