@@ -299,7 +299,10 @@ impl Flags {
                 } else {
                     "peer-tls-ca"
                 };
-                return Err(err(flag, "mutual tls between nodes needs --peer-tls-cert, --peer-tls-key and --peer-tls-ca"));
+                return Err(err(
+                    flag,
+                    "mutual tls between nodes needs --peer-tls-cert, --peer-tls-key and --peer-tls-ca",
+                ));
             }
         };
         if self.metrics_auth && self.auth_file.is_none() {

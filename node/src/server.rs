@@ -170,7 +170,9 @@ pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
     }
     crate::replication::spawn(state.clone(), Some(peer_listener), shutdown_rx.clone(), &mut tasks);
     tasks.spawn(sweeper(state.clone(), shutdown_rx.clone()));
-    tasks.spawn(crate::security::reload_loop(state.clone(), shutdown_rx.clone()));
+    if state.security.watches_files() {
+        tasks.spawn(crate::security::reload_loop(state.clone(), shutdown_rx.clone()));
+    }
     if state.db.persist().is_some() {
         tasks.spawn(log_maintenance(state.clone(), shutdown_rx.clone()));
     }

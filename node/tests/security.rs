@@ -330,10 +330,8 @@ fn the_client_ports_speak_tls_with_the_configured_certificate_and_password() {
     let passwords = pki.path("passwords");
     std::fs::write(&passwords, "tls-pw\n").unwrap();
     let client = tls_client_config(&ca_path);
-    let node = start_tls_node(
-        tls_args(NodeOptions::new().addrs(addrs), &files).arg("--auth-file").arg(&passwords),
-        &client,
-    );
+    let node =
+        start_tls_node(tls_args(NodeOptions::new().addrs(addrs), &files).arg("--auth-file").arg(&passwords), &client);
 
     let auth = [("Authorization", "Bearer tls-pw")];
     let (r, _) = https(&client, addrs.http, "PUT", &key_path("doc"), &auth, b"{\"a\":1}").unwrap();
@@ -420,9 +418,17 @@ fn a_rotated_client_certificate_is_served_to_new_connections_without_a_failed_re
 
 use rustls::pki_types::pem::PemObject as _;
 
-/// A node with `--peer-tls-*` (and the given identity URIs in its certificate),
-/// linked to `peers`.
-fn peer_node(pki: &Pki, ca: &Authority, trusted_ca: &Path, id: &str, region: &str, uris: &[String], peers: &[SocketAddr], addrs: NodeAddrs) -> NodeProcess {
+/// A node with `--peer-tls-*`: its certificate from `ca` (with the given identity
+/// URIs), trusting `trusted_ca`, linked to `peers`.
+fn peer_node(
+    pki: &Pki,
+    (ca, trusted_ca): (&Authority, &Path),
+    id: &str,
+    region: &str,
+    uris: &[String],
+    peers: &[SocketAddr],
+    addrs: NodeAddrs,
+) -> NodeProcess {
     let files = pki.issue(ca, id, &[addrs.ip.into()], uris);
     let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
     let mut opts = NodeOptions::new()
@@ -459,8 +465,8 @@ fn nodes_of_the_fleet_ca_replicate_over_mutual_tls_and_survive_a_certificate_rot
     let pki = Pki::new();
     let (ca, ca_path) = pki.ca("fleet-ca");
     let (a_addrs, b_addrs) = (NodeAddrs::pick(), NodeAddrs::pick());
-    let a = peer_node(&pki, &ca, &ca_path, "eu-0", "eu", &region_uri("eu"), &[b_addrs.peer], a_addrs);
-    let b = peer_node(&pki, &ca, &ca_path, "us-0", "us", &region_uri("us"), &[a_addrs.peer], b_addrs);
+    let a = peer_node(&pki, (&ca, &ca_path), "eu-0", "eu", &region_uri("eu"), &[b_addrs.peer], a_addrs);
+    let b = peer_node(&pki, (&ca, &ca_path), "us-0", "us", &region_uri("us"), &[a_addrs.peer], b_addrs);
     assert!(wait_until(15 * SEC, || peers_up(&a) == 1 && peers_up(&b) == 1), "the nodes did not link");
     assert_eq!(a.http("PUT", &key_path("over-tls"), &[], b"1").status, 201);
     assert!(wait_until(10 * SEC, || readable(&b, "over-tls")), "the write did not replicate");
@@ -504,12 +510,13 @@ fn a_node_with_a_certificate_from_another_ca_cannot_join_and_both_logs_say_why()
     let (fleet, fleet_path) = pki.ca("fleet-ca");
     let (other, _) = pki.ca("other-ca");
     let (a_addrs, b_addrs) = (NodeAddrs::pick(), NodeAddrs::pick());
-    let a = peer_node(&pki, &fleet, &fleet_path, "eu-0", "eu", &region_uri("eu"), &[b_addrs.peer], a_addrs);
+    let a = peer_node(&pki, (&fleet, &fleet_path), "eu-0", "eu", &region_uri("eu"), &[b_addrs.peer], a_addrs);
     // Trusts the fleet CA, but its own certificate comes from another CA.
-    let b = peer_node(&pki, &other, &fleet_path, "eu-1", "eu", &region_uri("eu"), &[a_addrs.peer], b_addrs);
+    let b = peer_node(&pki, (&other, &fleet_path), "eu-1", "eu", &region_uri("eu"), &[a_addrs.peer], b_addrs);
     assert_eq!(b.http("PUT", &key_path("intruder"), &[], b"1").status, 201);
     let refused = wait_until(15 * SEC, || {
-        a.log_contents().contains("certificate from another ca") && b.log_contents().contains("certificate from another ca")
+        a.log_contents().contains("certificate from another ca")
+            && b.log_contents().contains("certificate from another ca")
     });
     assert!(refused, "the logs do not say why:\n--- a ---\n{}\n--- b ---\n{}", a.log_contents(), b.log_contents());
     assert!(!readable(&a, "intruder"), "a write of the intruder reached the fleet");
@@ -522,9 +529,9 @@ fn a_node_presenting_a_certificate_for_another_regions_identity_is_refused() {
     let pki = Pki::new();
     let (ca, ca_path) = pki.ca("fleet-ca");
     let (a_addrs, b_addrs) = (NodeAddrs::pick(), NodeAddrs::pick());
-    let a = peer_node(&pki, &ca, &ca_path, "eu-0", "eu", &region_uri("eu"), &[b_addrs.peer], a_addrs);
+    let a = peer_node(&pki, (&ca, &ca_path), "eu-0", "eu", &region_uri("eu"), &[b_addrs.peer], a_addrs);
     // A certificate of region us, on a node that says it is in region eu.
-    let b = peer_node(&pki, &ca, &ca_path, "eu-1", "eu", &region_uri("us"), &[a_addrs.peer], b_addrs);
+    let b = peer_node(&pki, (&ca, &ca_path), "eu-1", "eu", &region_uri("us"), &[a_addrs.peer], b_addrs);
     assert_eq!(b.http("PUT", &key_path("impostor"), &[], b"1").status, 201);
     let why = "certificate for region us but claims region eu";
     let refused = wait_until(15 * SEC, || a.log_contents().contains(why) && b.log_contents().contains(why));
@@ -539,7 +546,7 @@ fn a_node_without_tls_cannot_join_a_fleet_with_mutual_tls() {
     let pki = Pki::new();
     let (ca, ca_path) = pki.ca("fleet-ca");
     let (a_addrs, b_addrs) = (NodeAddrs::pick(), NodeAddrs::pick());
-    let a = peer_node(&pki, &ca, &ca_path, "eu-0", "eu", &region_uri("eu"), &[b_addrs.peer], a_addrs);
+    let a = peer_node(&pki, (&ca, &ca_path), "eu-0", "eu", &region_uri("eu"), &[b_addrs.peer], a_addrs);
     let b = start_with(
         NodeOptions::new().node_id("eu-1").region("eu").addrs(b_addrs).arg("--peers").arg(a_addrs.peer.to_string()),
     );

@@ -100,6 +100,101 @@ pub struct GeoCacheSpec {
     /// (default: requests 100m CPU and 640Mi memory, limit 768Mi memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Encryption and authentication (default: mutual TLS between nodes and regions with
+    /// a CA the operator makes for this GeoCache, and a client password it generates).
+    #[serde(default)]
+    pub security: SecuritySpec,
+}
+
+/// Encryption and authentication.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecuritySpec {
+    /// Mutual TLS on the replication links between nodes and regions.
+    #[serde(default)]
+    pub peer_tls: PeerTlsSpec,
+    /// Passwords that clients must give (Redis `AUTH`, HTTP `Authorization: Bearer`).
+    #[serde(default)]
+    pub client_auth: ClientAuthSpec,
+}
+
+/// Mutual TLS between nodes: each region's nodes present a certificate for the identity
+/// `geocache://<region>/*`, and accept only peers whose certificate chains to the same CA.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerTlsSpec {
+    /// On by default. Off only on a network you trust: replication then travels in clear text.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Request the certificates from cert-manager through this issuer (a CA issuer: the
+    /// Secrets it writes must carry `ca.crt`, the same CA in every region's cluster).
+    /// Absent: the operator keeps a CA of its own for this GeoCache and issues the
+    /// certificates itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+}
+
+impl Default for PeerTlsSpec {
+    fn default() -> Self {
+        PeerTlsSpec { enabled: true, issuer_ref: None }
+    }
+}
+
+/// A cert-manager issuer.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the Issuer (in the namespace of the GeoCache's objects) or ClusterIssuer.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` (default) or `ClusterIssuer`.
+    #[serde(default = "default_issuer_kind")]
+    #[schemars(length(max = 64), extend("x-kubernetes-validations" = [
+        {"rule": "self == 'Issuer' || self == 'ClusterIssuer'", "message": "issuerRef.kind must be Issuer or ClusterIssuer"}
+    ]))]
+    pub kind: String,
+    /// API group of the issuer.
+    #[serde(default = "default_issuer_group")]
+    #[schemars(length(max = 253))]
+    pub group: String,
+}
+
+/// Client authentication.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientAuthSpec {
+    /// On by default: clients give a password (Redis `AUTH <password>`, HTTP
+    /// `Authorization: Bearer <password>`); `/healthz`, `/readyz` and `/metrics` stay open.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A Secret of the GeoCache's namespace whose key holds the accepted passwords, one per
+    /// line (several during a rotation). Absent: the operator creates `<name>-client-auth`
+    /// with a random password under the key `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<PasswordSecretRef>,
+}
+
+impl Default for ClientAuthSpec {
+    fn default() -> Self {
+        ClientAuthSpec { enabled: true, password_secret_ref: None }
+    }
+}
+
+/// A key of a Secret in the GeoCache's namespace that holds passwords.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordSecretRef {
+    /// Name of the Secret.
+    #[schemars(length(max = 253), extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",
+         "message": "passwordSecretRef.name must be the name of a Secret"}
+    ]))]
+    pub name: String,
+    /// Key of the passwords in the Secret.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// Image pull policy.
@@ -361,6 +456,22 @@ fn default_storage_size() -> Quantity {
 
 fn default_kubeconfig_key() -> String {
     "kubeconfig".to_string()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".to_string()
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".to_string()
+}
+
+fn default_password_key() -> String {
+    "password".to_string()
 }
 
 fn default_cluster_domain() -> String {

@@ -56,6 +56,25 @@ pub enum ApplyError {
     },
 }
 
+/// Failures of securing the nodes: the CA, the certificates and the client passwords.
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    #[error("failed to read secret {secret}: {source}")]
+    ReadSecret {
+        secret: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("secret {secret} referenced by security.clientAuth.passwordSecretRef not found")]
+    PasswordSecretNotFound { secret: String },
+    #[error("secret {secret} has no key {key} (or it holds no password)")]
+    NoPassword { secret: String, key: String },
+    #[error("the ca in secret {secret} cannot be used ({message}); fix or delete it to make a new ca")]
+    BadCa { secret: String, message: String },
+    #[error("cannot make a certificate: {0}")]
+    Pki(#[from] geocache_node::security::pki::PkiError),
+}
+
 /// Every way a reconcile can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -67,6 +86,8 @@ pub enum Error {
     Dereference(#[from] DereferenceError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
     #[error("failed to update status: {0}")]
     UpdateStatus(#[source] kube::Error),
     #[error("{count} of {total} regions failed, first {region}: {source}")]
@@ -99,6 +120,11 @@ impl Error {
             Error::Apply(ApplyError::Apply { .. }) => "apply",
             Error::Apply(ApplyError::List { .. }) => "list",
             Error::Apply(ApplyError::Delete { .. }) => "delete_removed",
+            Error::Security(SecurityError::PasswordSecretNotFound { .. } | SecurityError::NoPassword { .. }) => {
+                "password_secret"
+            }
+            Error::Security(SecurityError::ReadSecret { .. }) => "read_secret",
+            Error::Security(SecurityError::BadCa { .. } | SecurityError::Pki(_)) => "certificates",
             Error::UpdateStatus(_) => "update_status",
             Error::Regions { source, .. } | Error::Cleanup(source) => source.category(),
             Error::Finalizer(inner) => {
@@ -130,6 +156,9 @@ pub const CATEGORIES: &[&str] = &[
     "apply",
     "list",
     "delete_removed",
+    "password_secret",
+    "read_secret",
+    "certificates",
     "update_status",
     "finalizer",
 ];

@@ -17,6 +17,7 @@ pub fn geocache(name: &str, regions: Vec<RegionSpec>) -> GeoCache {
             max_memory: "512mb".into(),
             persistence: Persistence::default(),
             resources: None,
+            security: Default::default(),
         },
     );
     gc.metadata = ObjectMeta {

@@ -15,6 +15,22 @@ pub const PEERS_DIR: &str = "/etc/geocache";
 pub const PEERS_FILE_KEY: &str = "peers.json";
 /// Where a node's volume is mounted when persistence is on.
 pub const DATA_DIR: &str = "/var/lib/geocache";
+/// Where a region's peer certificate Secret is mounted (`tls.crt`, `tls.key`, `ca.crt`).
+pub const PEER_TLS_DIR: &str = "/etc/geocache-tls";
+/// Where a region's client password Secret is mounted.
+pub const CLIENT_AUTH_DIR: &str = "/etc/geocache-auth";
+/// Key (and file name) of the accepted client passwords in a region's Secret.
+pub const PASSWORDS_KEY: &str = "passwords";
+
+/// The Secret of the CA the operator keeps for a GeoCache: `<name>-ca`.
+pub fn ca_secret(instance: &str) -> String {
+    format!("{instance}-ca")
+}
+
+/// The Secret of the client password the operator generates: `<name>-client-auth`.
+pub fn client_auth_secret(instance: &str) -> String {
+    format!("{instance}-client-auth")
+}
 
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
@@ -34,12 +50,23 @@ pub struct RegionNames {
     pub peers: String,
     /// Service exposing the replication port to other regions: `<name>-<region>-replication`.
     pub replication: String,
+    /// Secret of the region's peer certificate: `<name>-<region>-peer-tls` (and the
+    /// cert-manager Certificate that fills it: `<name>-<region>-peer`).
+    pub peer_tls: String,
+    /// Secret of the accepted client passwords: `<name>-<region>-client-auth`.
+    pub client_auth: String,
 }
 
 impl RegionNames {
     pub fn new(instance: &str, region: &str) -> Self {
         let base = format!("{instance}-{region}");
-        RegionNames { peers: format!("{base}-peers"), replication: format!("{base}-replication"), base }
+        RegionNames {
+            peers: format!("{base}-peers"),
+            replication: format!("{base}-replication"),
+            peer_tls: format!("{base}-peer-tls"),
+            client_auth: format!("{base}-client-auth"),
+            base,
+        }
     }
 
     /// The stable DNS name of pod `ordinal` of the region's StatefulSet.

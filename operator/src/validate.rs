@@ -16,10 +16,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 
 use crate::crd::{
-    ClusterRef, Fsync, GeoCache, MAX_COMBINED_NAME_LEN, MAX_REGION_NAME_LEN, MAX_REGIONS, PullPolicy,
+    ClusterRef, Fsync, GeoCache, IssuerRef, MAX_COMBINED_NAME_LEN, MAX_REGION_NAME_LEN, MAX_REGIONS, PullPolicy,
     ReplicationService, ServiceType,
 };
-use crate::names::RegionNames;
+use crate::names::{RegionNames, client_auth_secret};
 
 /// Why a `GeoCache` cannot be applied: every problem found, each a sentence.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +46,35 @@ pub struct Plan {
     pub default_ttl: Option<String>,
     pub fsync: Fsync,
     pub regions: Vec<RegionPlan>,
+    pub security: SecurityPlan,
+}
+
+/// How the nodes are secured.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SecurityPlan {
+    /// Mutual TLS between nodes (`None`: off).
+    pub peer_tls: Option<PeerTlsPlan>,
+    /// Client passwords (`None`: off).
+    pub client_auth: Option<ClientAuthPlan>,
+}
+
+/// Where the nodes' peer certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerTlsPlan {
+    /// A CA the operator keeps for this GeoCache (Secret `<name>-ca`).
+    OperatorCa,
+    /// cert-manager, through this issuer.
+    CertManager(IssuerRef),
+}
+
+/// Where the accepted client passwords come from: a key of a Secret in the GeoCache's
+/// namespace, which the operator creates when the spec references none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuthPlan {
+    pub secret: String,
+    pub key: String,
+    /// Whether the operator creates the Secret (with a random password).
+    pub generated: bool,
 }
 
 /// One region's desired state.
@@ -212,6 +241,29 @@ pub fn validate(gc: &GeoCache) -> Result<Plan, InvalidSpec> {
         }
     }
 
+    let security = &spec.security;
+    if let Some(issuer) = &security.peer_tls.issuer_ref
+        && !matches!(issuer.kind.as_str(), "Issuer" | "ClusterIssuer")
+    {
+        problems
+            .push(format!("security.peerTls.issuerRef.kind must be Issuer or ClusterIssuer, not {:?}", issuer.kind));
+    }
+    if let Some(secret) = &security.client_auth.password_secret_ref
+        && !is_dns_subdomain(&secret.name)
+    {
+        problems.push("security.clientAuth.passwordSecretRef.name must be the name of a Secret".to_string());
+    }
+    let security = SecurityPlan {
+        peer_tls: security.peer_tls.enabled.then(|| match &security.peer_tls.issuer_ref {
+            Some(issuer) => PeerTlsPlan::CertManager(issuer.clone()),
+            None => PeerTlsPlan::OperatorCa,
+        }),
+        client_auth: security.client_auth.enabled.then(|| match &security.client_auth.password_secret_ref {
+            Some(r) => ClientAuthPlan { secret: r.name.clone(), key: r.key.clone(), generated: false },
+            None => ClientAuthPlan { secret: client_auth_secret(&instance), key: "password".into(), generated: true },
+        }),
+    };
+
     if !problems.is_empty() {
         return Err(InvalidSpec { problems });
     }
@@ -224,6 +276,7 @@ pub fn validate(gc: &GeoCache) -> Result<Plan, InvalidSpec> {
         default_ttl: spec.default_ttl.clone(),
         fsync: spec.persistence.fsync,
         regions,
+        security,
     })
 }
 

@@ -16,7 +16,8 @@
 #   BENCH_WRK_DURATION=10       seconds per wrk run
 #   BENCH_MEM_KEYS=1000000      keys for the memory test
 #   BENCH_RECOVERY_KEYS=4000000 keys for the restart test (4M x 200 B is ~1 GB of log)
-#   BENCH_SKIP=http,profile     skip phases (resp, http, memory, recovery, profile)
+#   BENCH_SKIP=http,profile     skip phases (resp, pinned, http, memory, recovery, profile)
+#   BENCH_QUIET_BUDGET=900      seconds the script may wait in total for other work on the machine to calm down
 #   BENCH_PROFILER=auto         perf | callgrind | none
 #   BENCH_TIMEOUT=5400          hard limit for the whole measurement, seconds
 #   BENCH_OUT=dir               where to write the results (default: tests/bench)

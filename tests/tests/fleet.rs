@@ -274,3 +274,40 @@ fn a_fleet_killed_with_sigkill_leaves_no_orphan_node() {
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     assert!(wait_until(Duration::from_secs(10), || nodes.iter().all(|&p| gone(p))), "orphans left: {nodes:?}");
 }
+
+#[test]
+fn the_fleet_runs_with_mutual_tls_between_its_nodes() {
+    let base = tempfile::tempdir().expect("a base dir");
+    let base_dir = base.path().to_str().expect("a utf-8 temp path").to_string();
+    let mut fleet = FleetProcess::start(&[
+        "--regions",
+        "eu,us",
+        "--nodes-per-region",
+        "1",
+        "--wan-delay",
+        "5ms",
+        "--tls",
+        "--base-dir",
+        &base_dir,
+    ]);
+    assert!(fleet.stdout().contains("Peer links use mutual TLS"), "{}", fleet.stdout());
+    for file in ["ca.crt", "eu.crt", "eu.key", "us.crt", "us.key"] {
+        assert!(base.path().join("tls").join(file).is_file(), "{file} missing");
+    }
+    let put = http::request(fleet.url_of("eu-0"), "PUT", &key_path("tls"), &[], b"1", Duration::from_secs(10))
+        .expect("PUT on eu-0");
+    assert!(matches!(put.status, 200 | 201), "{} {}", put.status, put.text());
+    let us = fleet.url_of("us-0");
+    let seen = wait_until(Duration::from_secs(15), || {
+        http::request(us, "GET", &key_path("tls"), &[], b"", Duration::from_secs(5)).is_ok_and(|r| r.status == 200)
+    });
+    assert!(seen, "the write in eu did not reach us over mutual tls");
+    let metrics = http::request(us, "GET", "/metrics", &[], b"", Duration::from_secs(5)).expect("metrics").text();
+    assert!(
+        metrics.contains("geocache_peer_tls_failures_total 0") && metrics.contains("files=\"peer\""),
+        "us-0 does not run with peer tls:\n{metrics}"
+    );
+    signal(fleet.pid(), libc::SIGTERM);
+    let status = fleet.wait_exit(Duration::from_secs(30)).expect("the fleet exits within 30 s of SIGTERM");
+    assert!(status.success(), "{status}: {}", fleet.stderr());
+}

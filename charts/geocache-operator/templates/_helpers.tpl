@@ -76,10 +76,16 @@ them). Each rule says why it is needed.
 - apiGroups: [""]
   resources: ["pods/proxy"]
   verbs: ["get"]
-# Read the kubeconfig Secrets that regions in member clusters reference (cluster.kubeconfigSecretRef).
+# Read the kubeconfig Secrets that regions in member clusters reference (cluster.kubeconfigSecretRef);
+# keep the GeoCache's CA and client password, and each region's peer certificate and passwords
+# (read to renew only when needed, server-side applied, deleted with a removed region).
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+# With spec.security.peerTls.issuerRef: each region's cert-manager Certificate.
+- apiGroups: ["cert-manager.io"]
+  resources: ["certificates"]
+  verbs: ["get", "create", "patch"]
 # Publish Events on GeoCaches; patch lets the recorder aggregate a repeated Event into a series.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

@@ -15,6 +15,7 @@
 //! that started them.
 
 pub mod plan;
+pub mod tls;
 pub mod wan_proxy;
 
 use std::ffi::OsString;
@@ -88,6 +89,10 @@ pub struct FleetArgs {
     /// Replication port of every node (and of the WAN links).
     #[arg(long, default_value_t = 7946)]
     pub peer_port: u16,
+    /// Mutual TLS between the nodes: a CA made for this fleet and one certificate per
+    /// region, under `<base-dir>/tls` (or a temporary directory), as the operator does.
+    #[arg(long)]
+    pub tls: bool,
     /// How long to wait for every node's /readyz, e.g. `30s`.
     #[arg(long, default_value = "30s")]
     pub ready_timeout: String,
@@ -106,6 +111,8 @@ pub struct FleetOptions {
     pub data: bool,
     pub net: u8,
     pub ports: Ports,
+    /// `--tls`: mutual TLS between the nodes.
+    pub tls: bool,
     pub node_args: Vec<String>,
     /// The `geocache-node` executable (default: the current one).
     pub node_binary: PathBuf,
@@ -137,6 +144,8 @@ pub enum FleetError {
     Signals(#[source] io::Error),
     #[error("interrupted before every node was ready")]
     Interrupted,
+    #[error("cannot set up tls: {0}")]
+    Tls(#[from] tls::FleetTlsError),
     #[error("nodes exited unexpectedly: {}", .0.join("; "))]
     NodesFailed(Vec<String>),
 }
@@ -193,7 +202,7 @@ impl FleetArgs {
         }
         for arg in &self.node_args {
             let name = arg.split('=').next().unwrap_or_default();
-            if MANAGED_NODE_FLAGS.contains(&name) {
+            if MANAGED_NODE_FLAGS.contains(&name) || (self.tls && tls::TLS_NODE_FLAGS.contains(&name)) {
                 return Err(FleetError::NodeArgs(format!("{name} is set by the fleet for every node")));
             }
         }
@@ -206,6 +215,7 @@ impl FleetArgs {
             data: self.data,
             net: self.net,
             ports,
+            tls: self.tls,
             node_args: self.node_args,
             node_binary,
             ready_timeout,
@@ -309,6 +319,8 @@ struct Fleet {
     /// Lines of the nodes' output, printed by one thread so that they never interleave.
     lines: std::sync::mpsc::Sender<String>,
     failures: Vec<String>,
+    /// The certificates of `--tls`.
+    pki: Option<tls::FleetPki>,
 }
 
 enum Flow {
@@ -343,7 +355,7 @@ impl Fleet {
                 let _ = err.write_all(line.as_bytes());
             }
         });
-        Fleet { opts, plan, slots, links: Vec::new(), exits_tx, exits_rx, lines, failures: Vec::new() }
+        Fleet { opts, plan, slots, links: Vec::new(), exits_tx, exits_rx, lines, failures: Vec::new(), pki: None }
     }
 
     async fn run(&mut self, signals: &mut Signals) -> Result<(), FleetError> {
@@ -354,6 +366,9 @@ impl Fleet {
                         .map_err(|source| FleetError::CreateDir { path: dir.clone(), source })?;
                 }
             }
+        }
+        if self.opts.tls {
+            self.pki = Some(tls::FleetPki::create(self.opts.base_dir.as_deref(), &self.opts.regions)?);
         }
         for link in &self.plan.links {
             let proxy =
@@ -411,6 +426,9 @@ impl Fleet {
         let node = slot.plan.node_id.clone();
         let mut cmd = Command::new(&self.opts.node_binary);
         cmd.args(slot.plan.args(&self.opts.node_args)).stdin(Stdio::null()).kill_on_drop(true);
+        if let Some(pki) = &self.pki {
+            cmd.args(pki.node_args(&slot.plan.region));
+        }
         // A group of its own: a terminal's Ctrl-C reaches the fleet, which then stops
         // the nodes in order, instead of every process at once.
         cmd.process_group(0);
@@ -898,6 +916,14 @@ pub fn endpoints_table(opts: &FleetOptions, plan: &FleetPlan) -> String {
         );
         let _ = writeln!(out, "  curl -s {}/v1/status               # peers, their state and lag", other.http_url());
     }
+    if opts.tls {
+        let (dir, _) = tls::tls_dir(opts.base_dir.as_deref());
+        let _ = writeln!(
+            out,
+            "\nPeer links use mutual TLS: CA {}/ca.crt, one certificate per region beside it.",
+            dir.display()
+        );
+    }
     match &opts.base_dir {
         Some(base) => {
             let _ = writeln!(out, "\nNode logs: {}/<node>/node.log", base.display());
@@ -935,6 +961,9 @@ pub fn fleet_command_line(opts: &FleetArgs) -> Vec<OsString> {
     }
     if opts.data {
         v.push("--data".into());
+    }
+    if opts.tls {
+        v.push("--tls".into());
     }
     if !opts.node_args.is_empty() {
         v.push("--".into());
@@ -1060,6 +1089,7 @@ mod tests {
             "--base-dir",
             "/tmp/x",
             "--data",
+            "--tls",
             "--",
             "--max-memory",
             "1mb",

@@ -31,7 +31,8 @@ fn server_name(addr: &str) -> ServerName<'static> {
 
 /// What the certificate the peer presented says.
 fn peer_identity(certs: Option<&[rustls::pki_types::CertificateDer<'static>]>) -> Result<CertIdentity, LinkError> {
-    let leaf = certs.and_then(|c| c.first()).ok_or_else(|| LinkError::Tls("the peer presented no certificate".into()))?;
+    let leaf =
+        certs.and_then(|c| c.first()).ok_or_else(|| LinkError::Tls("the peer presented no certificate".into()))?;
     CertIdentity::from_der(leaf).map_err(|e| LinkError::Tls(format!("the peer's certificate: {e}")))
 }
 
@@ -42,7 +43,11 @@ pub async fn dial(state: &NodeState, addr: &str, timeout: Duration) -> Result<Co
     socket.set_nodelay(true)?;
     let Some(tls) = &state.security.peer_tls else {
         let (rd, wr) = socket.into_split();
-        return Ok(Connection { reader: FrameReader::new(Box::new(rd)), writer: FrameWriter::new(Box::new(wr)), cert: None });
+        return Ok(Connection {
+            reader: FrameReader::new(Box::new(rd)),
+            writer: FrameWriter::new(Box::new(wr)),
+            cert: None,
+        });
     };
     let handshake = tls.connector().connect(server_name(addr), socket);
     let stream = match tokio::time::timeout(timeout, handshake).await {
@@ -60,7 +65,11 @@ pub async fn accept(state: &NodeState, socket: TcpStream, timeout: Duration) -> 
     socket.set_nodelay(true)?;
     let Some(tls) = &state.security.peer_tls else {
         let (rd, wr) = socket.into_split();
-        return Ok(Connection { reader: FrameReader::new(Box::new(rd)), writer: FrameWriter::new(Box::new(wr)), cert: None });
+        return Ok(Connection {
+            reader: FrameReader::new(Box::new(rd)),
+            writer: FrameWriter::new(Box::new(wr)),
+            cert: None,
+        });
     };
     let stream = match tokio::time::timeout(timeout, tls.acceptor().accept(socket)).await {
         Ok(Ok(stream)) => stream,
@@ -76,16 +85,21 @@ pub async fn accept(state: &NodeState, socket: TcpStream, timeout: Duration) -> 
 fn handshake_error(state: &NodeState, e: std::io::Error) -> LinkError {
     state.security.counters.peer_tls_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     match LinkError::from(e) {
-        LinkError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => LinkError::Tls(
-            "the peer closed the connection during the tls handshake (does it run without tls?)".into(),
-        ),
+        LinkError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            LinkError::Tls("the peer closed the connection during the tls handshake (does it run without tls?)".into())
+        }
         LinkError::Io(e) => LinkError::Tls(format!("tls handshake: {e}")),
         other => other,
     }
 }
 
 /// Refuses a peer whose certificate does not authorize the identity it claims.
-pub fn check_identity(state: &NodeState, cert: Option<&CertIdentity>, node: &str, region: &str) -> Result<(), LinkError> {
+pub fn check_identity(
+    state: &NodeState,
+    cert: Option<&CertIdentity>,
+    node: &str,
+    region: &str,
+) -> Result<(), LinkError> {
     let Some(cert) = cert else { return Ok(()) };
     cert.check(node, region).map_err(|e| {
         state.security.counters.peer_identity_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

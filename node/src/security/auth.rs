@@ -132,8 +132,11 @@ impl ClientAuth {
     /// Loads the password file; refuses an unreadable or empty one.
     pub fn load(path: &Path, protect_metrics: bool) -> Result<ClientAuth, SecurityError> {
         let stamp = FileStamp::of(path);
-        let passwords = read_passwords(path)
-            .map_err(|message| SecurityError::File { flag: "auth-file", path: path.to_path_buf(), message })?;
+        let passwords = read_passwords(path).map_err(|message| SecurityError::File {
+            flag: "auth-file",
+            path: path.to_path_buf(),
+            message,
+        })?;
         tracing::info!(path = %path.display(), passwords = passwords.len(), "client authentication on");
         Ok(ClientAuth {
             path: path.to_path_buf(),

@@ -73,23 +73,23 @@ impl CertIdentity {
     /// Reads a DER-encoded X.509 certificate.
     pub fn from_der(der: &[u8]) -> Result<CertIdentity, CertError> {
         let mut outer = Der::new(der);
-        let cert = outer.expect(SEQUENCE, "certificate")?;
+        let cert = outer.take(SEQUENCE, "certificate")?;
         let mut cert = Der::new(cert);
-        let tbs = cert.expect(SEQUENCE, "tbsCertificate")?;
+        let tbs = cert.take(SEQUENCE, "tbsCertificate")?;
         let mut tbs = Der::new(tbs);
         if tbs.peek_tag() == Some(0xa0) {
             tbs.next()?; // version
         }
-        tbs.expect(INTEGER, "serial number")?;
-        tbs.expect(SEQUENCE, "signature algorithm")?;
-        tbs.expect(SEQUENCE, "issuer")?;
-        let validity = tbs.expect(SEQUENCE, "validity")?;
+        tbs.take(INTEGER, "serial number")?;
+        tbs.take(SEQUENCE, "signature algorithm")?;
+        tbs.take(SEQUENCE, "issuer")?;
+        let validity = tbs.take(SEQUENCE, "validity")?;
         let mut validity = Der::new(validity);
         validity.next()?; // not before
         let (tag, not_after) = validity.next()?;
         let not_after = parse_time(tag, not_after);
-        tbs.expect(SEQUENCE, "subject")?;
-        tbs.expect(SEQUENCE, "subject public key info")?;
+        tbs.take(SEQUENCE, "subject")?;
+        tbs.take(SEQUENCE, "subject public key info")?;
         let mut out = CertIdentity { not_after, ..CertIdentity::default() };
         while !tbs.is_empty() {
             let (tag, body) = tbs.next()?;
@@ -97,14 +97,14 @@ impl CertIdentity {
                 continue; // issuer or subject unique id
             }
             let mut explicit = Der::new(body);
-            let mut extensions = Der::new(explicit.expect(SEQUENCE, "extensions")?);
+            let mut extensions = Der::new(explicit.take(SEQUENCE, "extensions")?);
             while !extensions.is_empty() {
-                let mut ext = Der::new(extensions.expect(SEQUENCE, "extension")?);
-                let oid = ext.expect(OID, "extension id")?;
+                let mut ext = Der::new(extensions.take(SEQUENCE, "extension")?);
+                let oid = ext.take(OID, "extension id")?;
                 if ext.peek_tag() == Some(BOOLEAN) {
                     ext.next()?;
                 }
-                let value = ext.expect(OCTET_STRING, "extension value")?;
+                let value = ext.take(OCTET_STRING, "extension value")?;
                 if oid == SUBJECT_ALT_NAME {
                     out.read_general_names(value)?;
                 }
@@ -114,7 +114,7 @@ impl CertIdentity {
     }
 
     fn read_general_names(&mut self, value: &[u8]) -> Result<(), CertError> {
-        let mut names = Der::new(Der::new(value).expect(SEQUENCE, "subject alternative names")?);
+        let mut names = Der::new(Der::new(value).take(SEQUENCE, "subject alternative names")?);
         while !names.is_empty() {
             let (tag, body) = names.next()?;
             let text = || std::str::from_utf8(body).map_err(|_| CertError("a name is not text"));
@@ -211,7 +211,7 @@ impl<'a> Der<'a> {
         Ok((tag, body))
     }
 
-    fn expect(&mut self, tag: u8, what: &'static str) -> Result<&'a [u8], CertError> {
+    fn take(&mut self, tag: u8, what: &'static str) -> Result<&'a [u8], CertError> {
         match self.next() {
             Ok((t, body)) if t == tag => Ok(body),
             Ok(_) => Err(CertError(what)),

@@ -104,6 +104,11 @@ impl Security {
         self.auth.is_some()
     }
 
+    /// Whether any file is to be watched for changes.
+    pub fn watches_files(&self) -> bool {
+        self.auth.is_some() || self.client_tls.is_some() || self.peer_tls.is_some()
+    }
+
     /// Reloads every file that changed.
     pub fn reload_if_changed(&self, node_id: &str, region: &str) {
         if let Some(auth) = &self.auth {

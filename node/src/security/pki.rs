@@ -142,6 +142,22 @@ impl Authority {
     }
 }
 
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// A random password: 32 bytes from the system's secure generator, as 64 hex digits.
+pub fn random_password() -> Result<String, PkiError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| PkiError::Invalid("no secure randomness".into()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +195,14 @@ mod tests {
         assert!((leaf.not_after - now - 3600).abs() < 5, "{} vs {now}", leaf.not_after);
         let other = Authority::generate("geocache-test", Duration::from_secs(86_400)).unwrap();
         assert!(!verifies(other.cert_pem(), &leaf.cert_pem), "another CA of the same name does not verify it");
+    }
+
+    #[test]
+    fn random_passwords_are_long_and_differ() {
+        let (a, b) = (random_password().unwrap(), random_password().unwrap());
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
     }
 
     #[test]

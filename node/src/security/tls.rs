@@ -111,7 +111,11 @@ pub struct Reloading<T> {
 }
 
 impl<T> Reloading<T> {
-    fn new(what: &'static str, paths: Vec<PathBuf>, build: impl Fn() -> Result<T, SecurityError>) -> Result<Self, SecurityError> {
+    fn new(
+        what: &'static str,
+        paths: Vec<PathBuf>,
+        build: impl Fn() -> Result<T, SecurityError>,
+    ) -> Result<Self, SecurityError> {
         let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
         let seen = FileStamp::of_all(&refs);
         let value = build()?;
@@ -391,11 +395,11 @@ pub fn explain(e: &rustls::Error, ca_flag: &str) -> String {
         E::InvalidCertificate(CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. }) => {
             "the peer's certificate is not valid yet (check the clocks)".to_string()
         }
-        E::InvalidCertificate(
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
-        ) => "the peer's certificate is not for this use (peer certificates need both the serverAuth and \
+        E::InvalidCertificate(CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }) => {
+            "the peer's certificate is not for this use (peer certificates need both the serverAuth and \
               clientAuth extended key usages)"
-            .to_string(),
+                .to_string()
+        }
         E::InvalidCertificate(other) => format!("the peer's certificate is refused: {other}"),
         E::AlertReceived(AlertDescription::UnknownCA) => {
             "the peer refused our certificate: certificate from another ca (ours does not chain to the peer's ca)"
@@ -408,9 +412,7 @@ pub fn explain(e: &rustls::Error, ca_flag: &str) -> String {
             "the peer requires a client certificate and got none".to_string()
         }
         E::AlertReceived(alert) => format!("the peer ended the tls handshake: {alert:?}"),
-        E::NoCertificatesPresented => {
-            "the peer presented no certificate (does it run without tls?)".to_string()
-        }
+        E::NoCertificatesPresented => "the peer presented no certificate (does it run without tls?)".to_string(),
         E::InvalidMessage(_) => "the peer does not speak tls (does it run without tls?)".to_string(),
         other => format!("tls: {other}"),
     }

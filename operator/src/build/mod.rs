@@ -3,6 +3,7 @@
 
 mod configmap;
 mod pdb;
+pub mod security;
 mod service;
 mod statefulset;
 

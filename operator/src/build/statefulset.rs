@@ -9,14 +9,17 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 
 use super::metadata;
-use crate::names::{DATA_DIR, HTTP_PORT, PEER_PORT, PEERS_DIR, PEERS_FILE_KEY, RESP_PORT, labels, selector_labels};
+use crate::names::{
+    CLIENT_AUTH_DIR, DATA_DIR, HTTP_PORT, PASSWORDS_KEY, PEER_PORT, PEER_TLS_DIR, PEERS_DIR, PEERS_FILE_KEY, RESP_PORT,
+    labels, selector_labels,
+};
 use crate::validate::{Plan, RegionPlan};
 
 /// User and group the node runs as (the node image's non-root user).
@@ -25,6 +28,10 @@ pub const NODE_UID: i64 = 65532;
 const PEERS_VOLUME: &str = "peers";
 const DATA_VOLUME: &str = "data";
 const TMP_VOLUME: &str = "tmp";
+const PEER_TLS_VOLUME: &str = "peer-tls";
+const CLIENT_AUTH_VOLUME: &str = "client-auth";
+/// Secret files readable by the node's group only.
+const SECRET_MODE: i32 = 0o440;
 
 /// Builds the StatefulSet of `region`'s nodes.
 ///
@@ -53,6 +60,32 @@ pub fn build_statefulset(plan: &Plan, region: &RegionPlan, owner: Option<&OwnerR
         },
         VolumeMount { name: TMP_VOLUME.into(), mount_path: "/tmp".into(), ..VolumeMount::default() },
     ];
+    let mut volumes = volumes;
+    // Secrets are mounted as directories (not with `subPath`) so that renewed
+    // certificates and rotated passwords reach the node, which reloads them.
+    let mut secret = |volume: &str, secret: &str, dir: &str| {
+        volumes.push(Volume {
+            name: volume.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.into()),
+                default_mode: Some(SECRET_MODE),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: volume.into(),
+            mount_path: dir.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    };
+    if plan.security.peer_tls.is_some() {
+        secret(PEER_TLS_VOLUME, &names.peer_tls, PEER_TLS_DIR);
+    }
+    if plan.security.client_auth.is_some() {
+        secret(CLIENT_AUTH_VOLUME, &names.client_auth, CLIENT_AUTH_DIR);
+    }
     let claim_templates = region.storage.as_ref().map(|storage| {
         mounts.push(VolumeMount { name: DATA_VOLUME.into(), mount_path: DATA_DIR.into(), ..VolumeMount::default() });
         vec![PersistentVolumeClaim {
@@ -182,6 +215,14 @@ fn node_env(plan: &Plan, region: &RegionPlan) -> Vec<EnvVar> {
     if region.storage.is_some() {
         env.push(env_var("GEOCACHE_DATA_DIR", DATA_DIR));
         env.push(env_var("GEOCACHE_FSYNC", plan.fsync.as_str()));
+    }
+    if plan.security.peer_tls.is_some() {
+        env.push(env_var("GEOCACHE_PEER_TLS_CERT", &format!("{PEER_TLS_DIR}/tls.crt")));
+        env.push(env_var("GEOCACHE_PEER_TLS_KEY", &format!("{PEER_TLS_DIR}/tls.key")));
+        env.push(env_var("GEOCACHE_PEER_TLS_CA", &format!("{PEER_TLS_DIR}/ca.crt")));
+    }
+    if plan.security.client_auth.is_some() {
+        env.push(env_var("GEOCACHE_AUTH_FILE", &format!("{CLIENT_AUTH_DIR}/{PASSWORDS_KEY}")));
     }
     env
 }
@@ -314,6 +355,38 @@ mod tests {
         let mount = pod.containers[0].volume_mounts.clone().unwrap().into_iter().find(|m| m.name == "peers").unwrap();
         assert_eq!(mount.mount_path, "/etc/geocache");
         assert_eq!(mount.sub_path, None);
+    }
+
+    #[test]
+    fn by_default_the_nodes_get_their_region_certificate_and_the_client_passwords_from_secrets() {
+        let sts = eu_statefulset(&two_region_plan());
+        let env = env_of(&sts);
+        assert_eq!(env["GEOCACHE_PEER_TLS_CERT"], "/etc/geocache-tls/tls.crt");
+        assert_eq!(env["GEOCACHE_PEER_TLS_KEY"], "/etc/geocache-tls/tls.key");
+        assert_eq!(env["GEOCACHE_PEER_TLS_CA"], "/etc/geocache-tls/ca.crt");
+        assert_eq!(env["GEOCACHE_AUTH_FILE"], "/etc/geocache-auth/passwords");
+        let pod = sts.spec.template.spec.unwrap();
+        let secret_of = |name: &str| {
+            let v = pod.volumes.clone().unwrap().into_iter().find(|v| v.name == name).unwrap().secret.unwrap();
+            (v.secret_name.unwrap(), v.default_mode)
+        };
+        assert_eq!(secret_of("peer-tls"), ("cache-eu-peer-tls".to_string(), Some(0o440)));
+        assert_eq!(secret_of("client-auth"), ("cache-eu-client-auth".to_string(), Some(0o440)));
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        assert!(
+            mounts.iter().filter(|m| m.name.contains('-')).all(|m| m.read_only == Some(true) && m.sub_path.is_none())
+        );
+    }
+
+    #[test]
+    fn without_tls_and_auth_nothing_secret_is_mounted() {
+        let mut gc = geocache("cache", vec![region("eu")]);
+        gc.spec.security.peer_tls.enabled = false;
+        gc.spec.security.client_auth.enabled = false;
+        let sts = eu_statefulset(&plan_of(&gc));
+        let env = env_of(&sts);
+        assert!(!env.keys().any(|k| k.starts_with("GEOCACHE_PEER_TLS") || k == "GEOCACHE_AUTH_FILE"));
+        assert!(sts.spec.template.spec.unwrap().volumes.unwrap().iter().all(|v| v.secret.is_none()));
     }
 
     #[test]

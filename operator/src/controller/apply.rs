@@ -4,7 +4,7 @@
 use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::NamespaceResourceScope;
@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use crate::build::{RegionServices, RegionWorkload};
 use crate::crd::FIELD_MANAGER;
 use crate::error::ApplyError;
+use crate::names::LABEL_REGION;
 
 /// Server-side applies `object` in `namespace` and returns what the API server stored.
 pub async fn apply_object<K>(client: &Client, namespace: &str, object: &K) -> Result<K, ApplyError>
@@ -65,7 +66,10 @@ pub async fn delete_matching(client: &Client, namespace: &str, selector: &str) -
     Ok(delete_kind::<StatefulSet>(client, namespace, selector).await?
         + delete_kind::<PodDisruptionBudget>(client, namespace, selector).await?
         + delete_kind::<Service>(client, namespace, selector).await?
-        + delete_kind::<ConfigMap>(client, namespace, selector).await?)
+        + delete_kind::<ConfigMap>(client, namespace, selector).await?
+        // Only Secrets of a region (its certificate and passwords): the GeoCache-wide CA
+        // and password Secrets carry no region label.
+        + delete_kind::<Secret>(client, namespace, &format!("{selector},{LABEL_REGION}")).await?)
 }
 
 async fn delete_kind<K>(client: &Client, namespace: &str, selector: &str) -> Result<usize, ApplyError>

@@ -4,6 +4,7 @@
 mod apply;
 mod observe;
 mod reconcile;
+mod security;
 #[cfg(test)]
 mod tests;
 

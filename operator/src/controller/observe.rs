@@ -36,15 +36,25 @@ fn is_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Asks every ready pod for its status document, concurrently, each within `timeout`.
+/// The header that carries the client password through the API server's pod proxy,
+/// which consumes `Authorization` itself (the node accepts both).
+pub const PASSWORD_HEADER: &str = "x-geocache-authorization";
+
+/// Asks every ready pod for its status document, concurrently, each within `timeout`,
+/// with the client password when the nodes require one.
 pub async fn node_statuses(
     client: &Client,
     namespace: &str,
     pods: &[Pod],
+    password: Option<&str>,
     timeout: Duration,
 ) -> Vec<Result<StatusDocument, String>> {
     let asks = pods.iter().filter(|p| is_ready(p)).filter_map(|p| p.metadata.name.clone()).map(|pod| async move {
-        let request = http::Request::get(status_path(namespace, &pod)).body(Vec::new());
+        let mut request = http::Request::get(status_path(namespace, &pod));
+        if let Some(password) = password {
+            request = request.header(PASSWORD_HEADER, format!("Bearer {password}"));
+        }
+        let request = request.body(Vec::new());
         let request = match request {
             Ok(r) => r,
             Err(e) => return Err(format!("{pod}: {e}")),

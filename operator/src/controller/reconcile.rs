@@ -158,6 +158,15 @@ async fn apply(gc: Arc<GeoCache>, ctx: &Context) -> Result<Action, Error> {
     };
     let owner = gc.controller_owner_ref(&());
 
+    // the CA and the client password, in the operator's cluster
+    let prepared = match super::security::prepare(&ctx.client, &plan, owner.as_ref()).await {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            publish(ctx, &gc.object_ref(&()), true, "SecurityFailed", &e.to_string()).await;
+            return Err(e);
+        }
+    };
+
     // dereference: one client per cluster
     let mut runs: BTreeMap<String, RegionRun> = BTreeMap::new();
     let mut clients: BTreeMap<Option<ClusterRef>, Option<Client>> = BTreeMap::new();
@@ -213,6 +222,11 @@ async fn apply(gc: Arc<GeoCache>, ctx: &Context) -> Result<Action, Error> {
         let Some(run) = runs.get_mut(&region.name) else { continue };
         let (Some(client), None) = (run.client.clone(), &run.error) else { continue };
         let owner = region.cluster.is_none().then_some(owner.as_ref()).flatten();
+        let endpoint = public.get(&region.name).map(String::as_str);
+        if let Err(e) = super::security::apply_region(&client, &plan, region, &prepared, endpoint, owner).await {
+            run.error = Some(e);
+            continue;
+        }
         let peers = peers_file(&plan, region, &endpoints_seen_from(&plan, region, &public));
         let workload = build_region_workload(&plan, region, &peers, owner);
         match apply_workload(&client, &plan.namespace, &workload).await {
@@ -227,11 +241,13 @@ async fn apply(gc: Arc<GeoCache>, ctx: &Context) -> Result<Action, Error> {
     // update status: StatefulSets from the apply, nodes through the pod proxy
     let timeout = ctx.settings.node_status_timeout;
     let namespace = plan.namespace.as_str();
+    let password = prepared.status_password();
+    let password = password.as_deref();
     let node_reports = join_all(plan.regions.iter().map(|region| {
         let run = runs.get(&region.name);
         async move {
             match run.and_then(|r| r.client.as_ref().filter(|_| r.error.is_none()).map(|c| (c, &r.pods))) {
-                Some((client, pods)) => node_statuses(client, namespace, pods, timeout).await,
+                Some((client, pods)) => node_statuses(client, namespace, pods, password, timeout).await,
                 None => Vec::new(),
             }
         }

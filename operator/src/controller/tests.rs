@@ -166,10 +166,19 @@ async fn a_region_is_applied_services_first_then_peers_file_statefulset_and_budg
     assert_eq!(
         api.lines(),
         vec![
+            // the GeoCache's CA and client password, made the first time
+            "GET /api/v1/namespaces/default/secrets/cache-ca",
+            "PATCH /api/v1/namespaces/default/secrets/cache-ca",
+            "GET /api/v1/namespaces/default/secrets/cache-client-auth",
+            "PATCH /api/v1/namespaces/default/secrets/cache-client-auth",
             "PATCH /api/v1/namespaces/default/services/cache-eu-peers",
             "PATCH /api/v1/namespaces/default/services/cache-eu",
             "PATCH /api/v1/namespaces/default/services/cache-eu-replication",
             "GET /api/v1/namespaces/default/pods",
+            // the region's certificate (issued: there was none) and passwords
+            "GET /api/v1/namespaces/default/secrets/cache-eu-peer-tls",
+            "PATCH /api/v1/namespaces/default/secrets/cache-eu-peer-tls",
+            "PATCH /api/v1/namespaces/default/secrets/cache-eu-client-auth",
             "PATCH /api/v1/namespaces/default/configmaps/cache-eu-peers",
             "PATCH /apis/apps/v1/namespaces/default/statefulsets/cache-eu",
             "PATCH /apis/policy/v1/namespaces/default/poddisruptionbudgets/cache-eu",
@@ -177,6 +186,7 @@ async fn a_region_is_applied_services_first_then_peers_file_statefulset_and_budg
             "GET /apis/policy/v1/namespaces/default/poddisruptionbudgets",
             "GET /api/v1/namespaces/default/services",
             "GET /api/v1/namespaces/default/configmaps",
+            "GET /api/v1/namespaces/default/secrets",
             &format!("PATCH {GC_PATH}/status"),
             "POST /apis/events.k8s.io/v1/namespaces/default/events",
         ]
@@ -186,7 +196,7 @@ async fn a_region_is_applied_services_first_then_peers_file_statefulset_and_budg
         assert!(apply.query.contains("fieldManager=geocache-operator"), "{}: {}", apply.path, apply.query);
         assert!(apply.query.contains("force=true"), "{}: {}", apply.path, apply.query);
     }
-    let sts = &calls[5].body;
+    let sts = &calls.iter().find(|c| c.path.ends_with("/statefulsets/cache-eu")).unwrap().body;
     assert_eq!(sts["metadata"]["ownerReferences"][0]["kind"], "GeoCache");
     assert_eq!(sts["metadata"]["ownerReferences"][0]["controller"], true);
     let status = status_patch(&api).unwrap();
@@ -250,7 +260,7 @@ async fn a_member_cluster_without_its_secret_is_reported_while_the_other_regions
     let error = reconcile(guard(gc.clone()), ctx.clone()).await.unwrap_err();
     assert_eq!(error.category(), "kubeconfig_secret");
     let lines = api.lines();
-    assert_eq!(lines[0], "GET /api/v1/namespaces/default/secrets/us-kubeconfig");
+    assert!(lines.contains(&"GET /api/v1/namespaces/default/secrets/us-kubeconfig".to_string()), "{lines:#?}");
     assert!(lines.contains(&"PATCH /apis/apps/v1/namespaces/default/statefulsets/cache-eu".to_string()));
     assert!(!lines.iter().any(|l| l.contains("cache-us")), "{lines:#?}");
     let status = status_patch(&api).unwrap();
@@ -423,7 +433,9 @@ async fn a_member_cluster_region_is_applied_there_unowned_and_its_load_balancer_
     let secret = json!({"apiVersion": "v1", "kind": "Secret",
                         "metadata": {"name": "us-kubeconfig", "namespace": "default", "resourceVersion": "7"},
                         "data": {"kubeconfig": base64(&kubeconfig)}});
-    let local = FakeApi::with(move |call| call.path.contains("/secrets/").then(|| (StatusCode::OK, secret.clone())));
+    let local = FakeApi::with(move |call| {
+        call.path.ends_with("/secrets/us-kubeconfig").then(|| (StatusCode::OK, secret.clone()))
+    });
     let mut gc = finalized(geocache("cache", vec![region("eu"), region("us")]));
     gc.spec.regions[1].cluster = Some(cluster("us-kubeconfig"));
     run(&local, gc).await.unwrap();
@@ -443,4 +455,72 @@ async fn a_member_cluster_region_is_applied_there_unowned_and_its_load_balancer_
     assert_eq!(status["memberClusters"][0]["kubeconfigSecretRef"]["name"], "us-kubeconfig");
     let progressing = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Progressing").unwrap();
     assert_eq!(progressing["reason"], "WaitingForEndpoints", "eu's load balancer has no address yet");
+}
+
+#[tokio::test]
+async fn a_region_certificate_that_is_still_good_is_not_issued_again_and_the_ca_is_kept() {
+    let first = FakeApi::new();
+    run(&first, finalized(geocache("cache", vec![region("eu")]))).await.unwrap();
+    let stored =
+        |path: &str| first.calls().into_iter().find(|c| c.method == "PATCH" && c.path.ends_with(path)).unwrap().body;
+    let (ca, cert, password) =
+        (stored("/secrets/cache-ca"), stored("/secrets/cache-eu-peer-tls"), stored("/secrets/cache-client-auth"));
+    assert_eq!(
+        cert["metadata"]["annotations"]["geocache.dev/dns-names"].as_str().map(|n| n.contains("cache-eu-peers")),
+        Some(true)
+    );
+    assert!(password["data"]["password"].as_str().is_some_and(|p| !p.is_empty()));
+
+    let second = FakeApi::with(move |call| {
+        let answer = |v: &Value| Some((StatusCode::OK, v.clone()));
+        match (call.method.as_str(), call.path.rsplit('/').next()) {
+            ("GET", Some("cache-ca")) => answer(&ca),
+            ("GET", Some("cache-eu-peer-tls")) => answer(&cert),
+            ("GET", Some("cache-client-auth")) => answer(&password),
+            _ => None,
+        }
+    });
+    run(&second, finalized(geocache("cache", vec![region("eu")]))).await.unwrap();
+    let lines = second.lines();
+    for kept in ["secrets/cache-ca", "secrets/cache-eu-peer-tls", "secrets/cache-client-auth"] {
+        assert!(
+            !lines.contains(&format!("PATCH /api/v1/namespaces/default/{kept}")),
+            "{kept} written again: {lines:#?}"
+        );
+    }
+    // The region's passwords are the generated one; the nodes' status is read with it.
+    let region_auth = second.calls().into_iter().find(|c| c.path.ends_with("/secrets/cache-eu-client-auth")).unwrap();
+    assert_eq!(region_auth.body["data"]["passwords"], stored("/secrets/cache-client-auth")["data"]["password"]);
+}
+
+#[tokio::test]
+async fn with_a_cert_manager_issuer_the_operator_requests_a_certificate_and_keeps_no_ca() {
+    let api = FakeApi::new();
+    let mut gc = finalized(geocache("cache", vec![region("eu")]));
+    gc.spec.security.peer_tls.issuer_ref = Some(crate::crd::IssuerRef {
+        name: "fleet-ca".into(),
+        kind: "ClusterIssuer".into(),
+        group: "cert-manager.io".into(),
+    });
+    run(&api, gc).await.unwrap();
+    let lines = api.lines();
+    assert!(
+        lines.contains(&"PATCH /apis/cert-manager.io/v1/namespaces/default/certificates/cache-eu-peer".to_string())
+    );
+    assert!(!lines.iter().any(|l| l.contains("cache-ca") || l.contains("cache-eu-peer-tls")), "{lines:#?}");
+}
+
+#[tokio::test]
+async fn a_missing_password_secret_is_reported_and_nothing_is_applied() {
+    let api = FakeApi::new();
+    let mut gc = finalized(geocache("cache", vec![region("eu")]));
+    gc.spec.security.client_auth.password_secret_ref =
+        Some(crate::crd::PasswordSecretRef { name: "mine".into(), key: "passwords".into() });
+    let error = run(&api, gc).await.unwrap_err();
+    assert_eq!(error.category(), "password_secret");
+    assert!(error.to_string().contains("default/mine"), "{error}");
+    let lines = api.lines();
+    assert!(!lines.iter().any(|l| l.contains("statefulsets")), "{lines:#?}");
+    let event = api.calls().into_iter().find(|c| c.path.ends_with("/events")).unwrap();
+    assert_eq!(event.body["reason"], "SecurityFailed");
 }

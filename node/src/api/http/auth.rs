@@ -2,6 +2,11 @@
 //! `/readyz` (and `/metrics` without `--metrics-auth`) needs
 //! `Authorization: Bearer <password>`; without it, or with a wrong one, the answer is
 //! 401 `unauthorized` with `WWW-Authenticate: Bearer` and nothing else.
+//!
+//! `X-Geocache-Authorization: Bearer <password>` is accepted too, when there is no
+//! `Authorization` header: for callers behind a proxy that consumes `Authorization`
+//! itself, such as the Kubernetes API server's pod proxy the operator reads
+//! `/v1/status` through.
 
 use std::sync::Arc;
 
@@ -33,6 +38,9 @@ pub(super) fn gate(state: Arc<NodeState>) -> impl Filter<Extract = (Response,), 
     )
 }
 
+/// The header that carries the password when `Authorization` cannot.
+pub const ALTERNATE_HEADER: &str = "x-geocache-authorization";
+
 /// Whether `path` is open without a password.
 fn is_open(path: &str, auth: &ClientAuth) -> bool {
     let path = path.trim_end_matches('/');
@@ -44,7 +52,10 @@ fn refusal(auth: &ClientAuth, path: &str, headers: &HeaderMap) -> Option<Respons
     if is_open(path, auth) {
         return None;
     }
-    let given: Vec<&HeaderValue> = headers.get_all(header::AUTHORIZATION).iter().collect();
+    let mut given: Vec<&HeaderValue> = headers.get_all(header::AUTHORIZATION).iter().collect();
+    if given.is_empty() {
+        given = headers.get_all(ALTERNATE_HEADER).iter().collect();
+    }
     let (message, challenge) = match given.as_slice() {
         [] => (
             "this request needs an Authorization: Bearer <password> header",

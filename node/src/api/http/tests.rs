@@ -211,7 +211,11 @@ async fn an_accepted_bearer_password_opens_every_route() {
     for pw in ["old", "new"] {
         let (st, _, _) = call(
             &s,
-            warp::test::request().method("PUT").path("/v1/keys/a").header("authorization", format!("bearer {pw}")).body("1"),
+            warp::test::request()
+                .method("PUT")
+                .path("/v1/keys/a")
+                .header("authorization", format!("bearer {pw}"))
+                .body("1"),
         )
         .await;
         assert!(st.is_success(), "{pw}: {st}");
@@ -219,6 +223,11 @@ async fn an_accepted_bearer_password_opens_every_route() {
     let (st, body, _) = call(&s, warp::test::request().path("/v1/status").header("authorization", "Bearer new")).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(body["node_id"], "eu-0");
+    // Behind a proxy that consumes Authorization (the Kubernetes API server's pod proxy).
+    let req = warp::test::request().path("/v1/status").header("x-geocache-authorization", "Bearer old");
+    assert_eq!(call(&s, req).await.0, StatusCode::OK);
+    let req = warp::test::request().path("/v1/status").header("x-geocache-authorization", "Bearer nope");
+    assert_eq!(call(&s, req).await.0, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -231,7 +240,11 @@ async fn health_readiness_and_metrics_stay_open_unless_metrics_auth_is_set() {
     let s = state_with_passwords("pw\n", true);
     let (st, _, _) = call(&s, warp::test::request().path("/metrics")).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
-    let res = warp::test::request().path("/metrics").header("authorization", "Bearer pw").reply(&http_handlers(s.clone())).await;
+    let res = warp::test::request()
+        .path("/metrics")
+        .header("authorization", "Bearer pw")
+        .reply(&http_handlers(s.clone()))
+        .await;
     assert_eq!(res.status(), StatusCode::OK);
     let text = String::from_utf8_lossy(res.body()).into_owned();
     assert!(text.contains("geocache_auth_failures_total{interface=\"http\"} 1"), "{text}");

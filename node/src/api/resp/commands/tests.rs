@@ -819,7 +819,11 @@ impl Harness {
         let auth = crate::security::ClientAuth::load(&path, false).expect("load passwords");
         let security = crate::security::Security { auth: Some(Arc::new(auth)), ..Default::default() };
         let origins = Arc::new(OriginTable::new(Origin { node_id: "eu-0".into(), region: "eu".into() }));
-        let db = Db::standalone(Store::new(StoreConfig::default(), origins), Limits::default(), Arc::new(Metrics::default()));
+        let db = Db::standalone(
+            Store::new(StoreConfig::default(), origins),
+            Limits::default(),
+            Arc::new(Metrics::default()),
+        );
         let state = NodeState::standalone(db, NodeInfo { node_id: "eu-0".into(), region: "eu".into() }, None)
             .with_security(security);
         let shared = Shared::new(6379);
@@ -840,7 +844,9 @@ const WRONGPASS_REPLY: &str = "-WRONGPASS invalid username-password pair or user
 #[test]
 fn before_auth_every_command_but_auth_hello_quit_and_reset_gets_noauth() {
     let mut h = Harness::with_passwords("s3cret\n");
-    for cmd in [&["PING"][..], &["GET", "k"], &["SET", "k", "v"], &["INFO"], &["COMMAND"], &["NOSUCH", "x"], &["SELECT", "0"]] {
+    for cmd in
+        [&["PING"][..], &["GET", "k"], &["SET", "k", "v"], &["INFO"], &["COMMAND"], &["NOSUCH", "x"], &["SELECT", "0"]]
+    {
         assert_eq!(h.run(cmd), NOAUTH_REPLY, "{cmd:?}");
     }
     assert_eq!(h.state.db.store().len(), 0, "nothing was written");
