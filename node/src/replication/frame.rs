@@ -114,6 +114,18 @@ fn put_positions(out: &mut BytesMut, p: &Positions) {
     out.put_slice(&v);
 }
 
+/// Appends a Batch frame made of already encoded records to `out`, without first
+/// gathering them into one buffer.
+pub fn encode_batch<'a>(out: &mut BytesMut, records: impl Iterator<Item = &'a [u8]> + Clone) {
+    let len: usize = 1 + records.clone().map(<[u8]>::len).sum::<usize>();
+    out.reserve(4 + len);
+    out.put_u32_le(len as u32);
+    out.put_u8(BATCH);
+    for r in records {
+        out.put_slice(r);
+    }
+}
+
 impl Frame {
     /// Appends the frame, length prefix included, to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
@@ -326,6 +338,13 @@ mod tests {
         }
         assert_eq!(got, all_frames());
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_batch_encoded_from_parts_is_the_same_frame() {
+        let mut wire = BytesMut::new();
+        encode_batch(&mut wire, [&b"abc"[..], &b"de"[..]].into_iter());
+        assert_eq!(Frame::decode(&mut wire).unwrap(), Some(Frame::Batch(Bytes::from_static(b"abcde"))));
     }
 
     #[test]

@@ -108,6 +108,15 @@ impl FrameWriter {
         FrameWriter { wr, buf: BytesMut::with_capacity(64 << 10) }
     }
 
+    /// Sends already encoded records as one Batch frame.
+    pub async fn send_batch(&mut self, records: &[&[u8]]) -> Result<(), LinkError> {
+        self.buf.clear();
+        super::frame::encode_batch(&mut self.buf, records.iter().copied());
+        self.wr.write_all(&self.buf).await?;
+        self.wr.flush().await?;
+        Ok(())
+    }
+
     pub async fn send(&mut self, frame: &Frame) -> Result<(), LinkError> {
         self.buf.clear();
         frame.encode(&mut self.buf);

@@ -7,8 +7,11 @@
 //! of a sample is the time from sending the write to seeing it on the other side (the
 //! poll adds at most one loopback round trip). Prints a Markdown table and a JSON line.
 //!
+//! It also measures write throughput (`redis-benchmark -t set -P 16`) of a node with
+//! two remote peers attached through the proxy, next to a standalone node.
+//!
 //! Usage: lagbench --node-bin PATH [--delay-ms 20] [--samples 300] [--load 2000]
-//!                 [--redis-server redis-server] [--skip-redis]
+//!                 [--redis-server redis-server] [--skip-redis] [--writes 500000]
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
@@ -28,6 +31,7 @@ struct Args {
     load: u64,
     redis_server: String,
     skip_redis: bool,
+    writes: u64,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -38,6 +42,7 @@ fn parse_args() -> anyhow::Result<Args> {
         load: 2000,
         redis_server: "redis-server".into(),
         skip_redis: false,
+        writes: 500_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -49,6 +54,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--load" => a.load = value()?.parse()?,
             "--redis-server" => a.redis_server = value()?,
             "--skip-redis" => a.skip_redis = true,
+            "--writes" => a.writes = value()?.parse()?,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -149,6 +155,77 @@ fn geocache(args: &Args) -> anyhow::Result<Stats> {
     measure(na.resp_addr(), nb.resp_addr(), args.samples, args.load, "geocache")
 }
 
+/// SET throughput of `redis-benchmark -P 16` against `addr`, in requests per second.
+fn set_throughput(addr: SocketAddr, writes: u64) -> anyhow::Result<f64> {
+    let out = Command::new("redis-benchmark")
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-t", "set", "-P", "16", "-c", "50", "-d", "200", "-r", "100000", "-q", "-n", &writes.to_string()])
+        .output()
+        .context("cannot run redis-benchmark")?;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("SET: "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|n| n.parse::<f64>().ok())
+        .next_back()
+        .with_context(|| format!("no throughput in redis-benchmark's output: {text}"))
+}
+
+/// CPU seconds (user + system) a process used so far, from /proc.
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Throughput and the writer's CPU per write.
+struct Throughput {
+    per_s: f64,
+    cpu_us_per_write: f64,
+}
+
+fn measured(node: &NodeProcess, writes: u64) -> anyhow::Result<Throughput> {
+    let before = cpu_seconds(node.pid());
+    let per_s = set_throughput(node.resp_addr(), writes)?;
+    let cpu = cpu_seconds(node.pid()) - before;
+    Ok(Throughput { per_s, cpu_us_per_write: cpu * 1e6 / writes as f64 })
+}
+
+/// Write throughput of a standalone node, and of a node pushing to two remote peers.
+fn throughput(args: &Args) -> anyhow::Result<(Throughput, Throughput)> {
+    let bin = std::path::PathBuf::from(&args.node_bin);
+    let alone = NodeProcess::start(&bin, NodeOptions::new().node_id("alone-0").region("eu"));
+    let standalone = measured(&alone, args.writes)?;
+    drop(alone);
+    let (a, b, c) = (NodeAddrs::pick(), NodeAddrs::pick(), NodeAddrs::pick());
+    let a_to_b = WanProxy::spawn(free_addr(a.ip)?, vec![b.peer], args.delay)?;
+    let a_to_c = WanProxy::spawn(free_addr(a.ip)?, vec![c.peer], args.delay)?;
+    let to_a = WanProxy::spawn(free_addr(b.ip)?, vec![a.peer], args.delay)?;
+    let peers = |list: &[SocketAddr]| list.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+    let start = |id: &str, region: &str, addrs: NodeAddrs, seeds: String| {
+        NodeProcess::start(
+            &bin,
+            NodeOptions::new().node_id(id).region(region).addrs(addrs).args(["--peers".to_string(), seeds]),
+        )
+    };
+    let na = start("eu-0", "eu", a, peers(&[a_to_b.addr(), a_to_c.addr()]));
+    let _nb = start("us-0", "us", b, peers(&[to_a.addr()]));
+    let _nc = start("ap-0", "ap", c, peers(&[to_a.addr()]));
+    let linked = wait_until(Duration::from_secs(20), || {
+        na.status_doc()["peers"].as_array().is_some_and(|p| p.iter().filter(|p| p["state"] == "up").count() == 2)
+    });
+    if !linked {
+        bail!("the writer did not link up with its two remote peers");
+    }
+    let replicated = measured(&na, args.writes)?;
+    Ok((standalone, replicated))
+}
+
 struct Redis(Child);
 
 impl Drop for Redis {
@@ -203,13 +280,30 @@ fn main() -> anyhow::Result<()> {
     let d = args.delay.as_millis();
     let g = geocache(&args)?;
     let r = if args.skip_redis { None } else { Some(redis(&args)?) };
+    let (standalone, replicated) = throughput(&args)?;
     println!("| system | one-way delay | samples | lag p50 | lag p99 | max |");
     println!("|---|---|---|---|---|---|");
     println!("| GeoCache | {d} ms | {} | {:.1} ms | {:.1} ms | {:.1} ms |", g.n, g.p50, g.p99, g.max);
     if let Some(r) = &r {
         println!("| Redis replica | {d} ms | {} | {:.1} ms | {:.1} ms | {:.1} ms |", r.n, r.p50, r.p99, r.max);
     }
+    println!();
+    println!(
+        "| write throughput (`redis-benchmark -t set -P 16 -c 50 -d 200`) | SET/s | vs standalone | writer CPU µs/write |"
+    );
+    println!("|---|---:|---:|---:|");
+    println!("| standalone node | {:.0} | 1.00x | {:.2} |", standalone.per_s, standalone.cpu_us_per_write);
+    println!(
+        "| node with 2 remote peers ({d} ms away; peers on the same machine) | {:.0} | {:.2}x | {:.2} |",
+        replicated.per_s,
+        replicated.per_s / standalone.per_s,
+        replicated.cpu_us_per_write
+    );
     let json = serde_json::json!({
+        "throughput": {
+            "standalone_set_per_s": standalone.per_s, "standalone_cpu_us_per_write": standalone.cpu_us_per_write,
+            "with_two_peers_set_per_s": replicated.per_s, "with_two_peers_cpu_us_per_write": replicated.cpu_us_per_write,
+        },
         "delay_ms": d, "load_per_s": args.load,
         "geocache": {"p50_ms": g.p50, "p99_ms": g.p99, "max_ms": g.max, "samples": g.n},
         "redis": r.as_ref().map(|r| serde_json::json!({"p50_ms": r.p50, "p99_ms": r.p99, "max_ms": r.max, "samples": r.n})),
