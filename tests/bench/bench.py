@@ -5,7 +5,7 @@ Standard library only. Every process this script starts is recorded (pid per lin
 $BENCH_WORKDIR/pids, so that run.sh's trap can end them even if this script is killed;
 this script also ends them itself on exit, SIGINT and SIGTERM. Every wait has a deadline.
 
-Phases (each can be skipped with BENCH_SKIP=resp,pinned,http,memory,recovery,profile):
+Phases (each can be skipped with BENCH_SKIP=resp,pinned,http,memory,recovery,replication,profile):
   resp      redis-benchmark SET/GET (and SET of a 200-byte JSON document) at -P 1 and
             -P 16 against redis-server and geocache-node's Redis port, alternating the
             systems, BENCH_ROUNDS rounds; optionally again with server and client pinned
@@ -54,7 +54,7 @@ def env_str(name, default):
 QUICK = env_str("BENCH_QUICK", "0") not in ("0", "", "false", "no")
 CFG = {
     "quick": QUICK,
-    "rounds": env_int("BENCH_ROUNDS", 2 if QUICK else 3),
+    "rounds": env_int("BENCH_ROUNDS", 2 if QUICK else 5),
     # Extra rounds, only for tests that lacked undisturbed runs (shared machine).
     "extra_rounds": env_int("BENCH_EXTRA_ROUNDS", 1 if QUICK else 3),
     "clean_threshold": float(env_str("BENCH_CLEAN_THRESHOLD", "0.2")),
@@ -107,9 +107,20 @@ def start(argv, logname, env=None, cpus=None):
     f.close()
     p.logpath = path
     _procs.append(p)
-    with open(PIDFILE, "a") as pf:
-        pf.write(f"{p.pid}\n")
+    record_pid(p.pid)
     return p
+
+
+def record_pid(pid):
+    """Notes `pid start-time` for run.sh's trap, which ends only processes whose start time still
+    matches (so a pid reused by someone else's process is left alone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            start_time = f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start_time = "?"
+    with open(PIDFILE, "a") as pf:
+        pf.write(f"{pid} {start_time}\n")
 
 
 def stop(p, sig=signal.SIGTERM, timeout=60):
@@ -853,8 +864,7 @@ def perf_stacks(data):
     p = subprocess.Popen(["perf", "script", "-i", data, "-F", "comm,tid,ip,sym,dso"], stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True, errors="replace")
     _procs.append(p)
-    with open(PIDFILE, "a") as pf:
-        pf.write(f"{p.pid}\n")
+    record_pid(p.pid)
     stack = []
     try:
         for line in p.stdout:
@@ -886,7 +896,8 @@ def attribute(stack, project):
         # Preempted on the way out of a syscall (exit_to_user_mode): the syscall frame is gone,
         # but the C library wrapper on the user side of the stack still names it.
         user = [(s, d) for s, d in stack if not d.startswith("[kernel")]
-        if user and "libc" in user[0][1]:
+        in_syscall = any(s.startswith(("do_syscall_64", "entry_SYSCALL")) for s, _ in stack)
+        if in_syscall and user and "libc" in user[0][1]:
             name = re.sub(r"^(__GI_)?_*(libc_)?", "", user[0][0])
             return "kernel: syscall " + SYSCALL_ALIASES.get(name, name)
         if any(IRQ_RE.search(s) for s, _ in stack):
@@ -1274,14 +1285,35 @@ def write_results_md(results, info):
         w("")
     w("## 5. Replication")
     w("")
-    w("| measurement | result |")
-    w("|---|---|")
-    w("| lag p50/p99 through the WAN proxy at 20 ms one-way, vs a Redis replica behind the same proxy | "
-      "not measured: replication not implemented yet |")
-    w("| write throughput with two remote peers vs standalone | not measured: replication not implemented yet |")
-    w("")
-    w("(Replication is issue 3, in progress when this script was written; this section is to be filled in "
-      "once it lands.)")
+    rep = results.get("replication")
+    if rep:
+        g, r, t = rep["geocache"], rep.get("redis"), rep["throughput"]
+        d = rep["delay_ms"]
+        w(f"Measured by `lagbench` (tests/src/bin/lagbench.rs): two sides of a userspace WAN proxy that delays "
+          f"every byte by {d} ms one way; a background client writes {rep['load_per_s']} writes/s; a probe writes "
+          f"a key on one side and polls the other until it appears. Redis: a replica (`--replicaof`) behind the "
+          f"same proxy, measured the same way.")
+        w("")
+        w("| system | one-way delay | samples | lag p50 | lag p99 | max |")
+        w("|---|---:|---:|---:|---:|---:|")
+        w(f"| GeoCache | {d} ms | {g['samples']} | **{g['p50_ms']:.1f} ms** | **{g['p99_ms']:.1f} ms** | {g['max_ms']:.1f} ms |")
+        if r:
+            w(f"| Redis replica | {d} ms | {r['samples']} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['max_ms']:.1f} ms |")
+        w("")
+        ratio = t["with_two_peers_set_per_s"] / t["standalone_set_per_s"]
+        w("| write throughput, `redis-benchmark -t set -P 16 -c 50 -d 200` | SET/s | vs standalone | writer CPU µs/write |")
+        w("|---|---:|---:|---:|")
+        w(f"| standalone node | {t['standalone_set_per_s']:,.0f} | 1.00x | {t['standalone_cpu_us_per_write']:.2f} |")
+        w(f"| node pushing to 2 remote peers | {t['with_two_peers_set_per_s']:,.0f} | **{ratio:.2f}x** | "
+          f"{t['with_two_peers_cpu_us_per_write']:.2f} |")
+        w("")
+        w("The two peers, their WAN proxies and redis-benchmark run on the same 2 cores as the writer, so the "
+          "throughput ratio mostly measures the peers' work competing for the CPU; the writer's own CPU per write "
+          "is the figure that carries over to one machine per node.")
+    else:
+        w("| measurement | result |")
+        w("|---|---|")
+        w("| replication lag and throughput | not measured in this run (phase skipped or failed) |")
     w("")
     # Goals
     w("## Goals (issue 5) against this run")
@@ -1324,8 +1356,18 @@ def write_results_md(results, info):
             w(f"| reload ≥ 2x faster than Redis RDB, ≤ 5 s/GB (performance-anchors.md) | snapshot {gt:.2f} s vs RDB "
               f"{rt:.2f} s for the same keys ({rt / gt:.2f}x faster); {gs:.1f} s/GB of snapshot vs {rs_:.1f} s/GB of "
               f"RDB | {'yes' if rt / gt >= 2 and gs <= 5 else 'no'} |")
-    w("| replication lag p99 ≤ one-way delay + 10 ms, ≤ a Redis replica | not measured: replication not "
-      "implemented yet | — |")
+    rep = results.get("replication")
+    if rep:
+        g, r, d = rep["geocache"], rep.get("redis"), rep["delay_ms"]
+        ok = g["p99_ms"] <= d + 10 and (r is None or g["p99_ms"] <= r["p99_ms"] * 1.05)
+        w(f"| replication lag p99 ≤ one-way delay + 10 ms, ≤ a Redis replica | {g['p99_ms']:.1f} ms at {d} ms "
+          f"(Redis replica {r['p99_ms']:.1f} ms) | {'yes' if ok else 'no'} |" if r else
+          f"| replication lag p99 ≤ one-way delay + 10 ms | {g['p99_ms']:.1f} ms at {d} ms | "
+          f"{'yes' if ok else 'no'} |")
+        t = rep["throughput"]
+        ratio = t["with_two_peers_set_per_s"] / t["standalone_set_per_s"]
+        w(f"| write throughput with 2 remote peers ≥ 0.8x standalone | {ratio:.2f}x (peers on the same 2 cores) | "
+          f"{'yes' if ratio >= 0.8 else 'no'} |")
     w("")
     w("## Method and caveats")
     w("")
@@ -1581,6 +1623,27 @@ def write_profile_md(results, info):
 # ---------------------------------------------------------------------------
 
 
+def phase_replication(results):
+    """Replication lag through the WAN proxy next to a Redis replica behind the same proxy, and
+    write throughput with two remote peers, measured by the `lagbench` binary (tests/src/bin)."""
+    lagbench = os.environ.get("LAGBENCH_BIN", "")
+    if not lagbench or not os.access(lagbench, os.X_OK):
+        raise BenchError("LAGBENCH_BIN is not set or not executable (run.sh builds it)")
+    delay = env_int("BENCH_WAN_DELAY_MS", 20)
+    samples = env_int("BENCH_LAG_SAMPLES", 100 if QUICK else 500)
+    writes = env_int("BENCH_REPL_WRITES", 200000 if QUICK else 1000000)
+    cmd = [lagbench, "--node-bin", NODE_BIN, "--delay-ms", str(delay), "--samples", str(samples),
+           "--load", str(env_int("BENCH_LAG_LOAD", 2000)), "--writes", str(writes)]
+    log("replication: " + " ".join(cmd))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise BenchError(f"lagbench failed: {out.stderr[-2000:]}")
+    last = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if not last:
+        raise BenchError("lagbench printed no result")
+    results["replication"] = json.loads(last[-1])
+
+
 def main():
     global JSON_VALUE
     os.makedirs(os.path.join(WORK, "logs"), exist_ok=True)
@@ -1595,7 +1658,7 @@ def main():
         f"geocache {info['geocache']}; load {info['loadavg_start']}")
     log(f"config: {json.dumps({k: (sorted(v) if isinstance(v, set) else v) for k, v in CFG.items()})}")
     results = {"config": {k: (sorted(v) if isinstance(v, set) else v) for k, v in CFG.items()}, "machine": info,
-               "resp": [], "http": [], "memory": [], "recovery": [], "profile": {}}
+               "resp": [], "http": [], "memory": [], "recovery": [], "profile": {}, "replication": None}
     t0 = time.monotonic()
     if not CFG["pin"] or CPUS < 2 or "resp" in CFG["skip"]:
         CFG["skip"].add("pinned")
@@ -1604,6 +1667,7 @@ def main():
               ("http", lambda: phase_http(results)),
               ("memory", lambda: phase_memory(results)),
               ("recovery", lambda: phase_recovery(results)),
+              ("replication", lambda: phase_replication(results)),
               ("profile", lambda: phase_profile(results))]
     failed = []
     try:

@@ -7,7 +7,7 @@
 #
 # Usage (from anywhere):  tests/bench/run.sh
 #   BENCH_QUICK=1               small counts (a few minutes); numbers are indicative only
-#   BENCH_ROUNDS=3              rounds per RESP test (median reported; systems alternate)
+#   BENCH_ROUNDS=5              rounds per RESP test (median reported; systems alternate)
 #   BENCH_N_P1=200000           redis-benchmark -n at -P 1
 #   BENCH_N_P16=1000000         redis-benchmark -n at -P 16
 #   BENCH_KEYSPACE=100000       redis-benchmark -r and wrk key space
@@ -46,11 +46,14 @@ cleanup() {
     kill -KILL "$BENCH_PID" 2>/dev/null || true
   fi
   if [ -f "$WORKDIR/pids" ]; then
-    while read -r pid; do
-      [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+    # "pid start-time" lines: only a process with the same start time is still ours.
+    while read -r pid started; do
+      [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || continue
+      now="$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $20}')"
+      [ "$now" = "$started" ] && kill -KILL "$pid" 2>/dev/null || true
     done <"$WORKDIR/pids"
   fi
-  if [ "${BENCH_KEEP:-0}" = "1" ] || [ "$status" -ne 0 ]; then
+  if [ "${BENCH_KEEP:-0}" = "1" ] || { [ "$status" -ne 0 ] && [ -d "$WORKDIR/logs" ]; }; then
     echo "work directory (logs) kept: $WORKDIR" >&2
     # Generated data sets are large; keep only the logs.
     rm -f "$WORKDIR"/*.resp "$WORKDIR"/*.data 2>/dev/null || true
@@ -99,7 +102,9 @@ wrk --version 2>&1 | head -1 || true
 # --- the release node ----------------------------------------------------------------
 step "building the release node (cargo build --release -p geocache-node)"
 timeout 3600 cargo build --release --locked -p geocache-node
+timeout 3600 cargo build --release --locked -p geocache-tests --bin lagbench
 export GEOCACHE_NODE_BIN="$REPO/target/release/geocache-node"
+export LAGBENCH_BIN="$REPO/target/release/lagbench"
 "$GEOCACHE_NODE_BIN" --version
 
 # --- measure -------------------------------------------------------------------------
