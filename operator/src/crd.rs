@@ -489,10 +489,39 @@ pub fn crd() -> CustomResourceDefinition {
     for version in &mut crd.spec.versions {
         if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
             add_root_rules(schema);
+            if let Some(status) = schema.properties.as_mut().and_then(|p| p.get_mut("status")) {
+                relax_status(status);
+            }
         }
     }
     crd
 }
+
+/// The status is written by the operator alone: the rules its types carry for the spec
+/// (a secret reference's name, ...) only cost CEL budget there, and a real API server
+/// refuses a CRD whose estimated rule cost exceeds the budget. Drop them, and bound the
+/// status lists (which also bounds the estimate).
+fn relax_status(schema: &mut JSONSchemaProps) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray;
+    schema.x_kubernetes_validations = None;
+    if let Some(props) = schema.properties.as_mut() {
+        for p in props.values_mut() {
+            relax_status(p);
+        }
+    }
+    if let Some(items) = schema.items.as_mut() {
+        if schema.max_items.is_none() {
+            schema.max_items = Some(STATUS_MAX_ITEMS);
+        }
+        match items {
+            JSONSchemaPropsOrArray::Schema(s) => relax_status(s),
+            JSONSchemaPropsOrArray::Schemas(list) => list.iter_mut().for_each(relax_status),
+        }
+    }
+}
+
+/// Bound of every list in the status (regions, conditions, member clusters).
+const STATUS_MAX_ITEMS: i64 = 64;
 
 fn add_root_rules(schema: &mut JSONSchemaProps) {
     let rules = schema.x_kubernetes_validations.get_or_insert_with(Vec::new);
