@@ -201,3 +201,49 @@ fn names_too_long_for_derived_object_names_are_refused_at_the_root() {
     assert!(cel.iter().any(|m| m.contains("at most 50 characters")), "{cel:?}");
     assert!(rust_errors(&object).iter().any(|m| m.contains("at most 50")));
 }
+
+/// Finds CEL rules whose estimated cost the API server cannot bound: a rule under a list or
+/// map without `maxItems`/`maxProperties`, or on a string without `maxLength`. A real
+/// kube-apiserver refuses such a CRD ("estimated rule cost total ... exceeds budget"), which is
+/// what happened to the first version of this CRD.
+fn unbounded_rules(node: &Value, path: &str, unbounded: Option<&str>, out: &mut Vec<String>) {
+    let has_rules = node.get("x-kubernetes-validations").and_then(Value::as_array).is_some_and(|r| !r.is_empty());
+    if has_rules {
+        if let Some(list) = unbounded {
+            out.push(format!("{path}: a rule under the unbounded list or map {list}"));
+        }
+        if node.get("type") == Some(&json!("string")) && node.get("maxLength").is_none() {
+            out.push(format!("{path}: a rule on a string without maxLength"));
+        }
+    }
+    if let Some(props) = node.get("properties").and_then(Value::as_object) {
+        for (name, child) in props {
+            unbounded_rules(child, &format!("{path}.{name}"), unbounded, out);
+        }
+    }
+    if let Some(items) = node.get("items") {
+        let here = if node.get("maxItems").is_none() { Some(path) } else { unbounded };
+        unbounded_rules(items, &format!("{path}[]"), here, out);
+    }
+    if let Some(values) = node.get("additionalProperties").filter(|v| v.is_object()) {
+        let here = if node.get("maxProperties").is_none() { Some(path) } else { unbounded };
+        unbounded_rules(values, &format!("{path}{{}}"), here, out);
+    }
+}
+
+#[test]
+fn every_cel_rule_has_a_bounded_cost_so_a_real_api_server_accepts_the_crd() {
+    let mut problems = Vec::new();
+    unbounded_rules(&schema(), "", None, &mut problems);
+    assert!(problems.is_empty(), "CEL rules the API server cannot bound:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn the_status_carries_no_rules_and_bounds_its_lists() {
+    let status = schema()["properties"]["status"].clone();
+    let text = status.to_string();
+    assert!(!text.contains("x-kubernetes-validations"), "rules in the status only cost CEL budget");
+    for list in ["regions", "conditions", "memberClusters"] {
+        assert!(status["properties"][list]["maxItems"].is_number(), "status.{list} has no maxItems");
+    }
+}
