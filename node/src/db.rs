@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::persist::record::Decoded;
 use crate::persist::{CompactionReport, Lsn, Persist, PersistError};
 use crate::replication::{Positions, StreamId};
-use crate::store::{Current, Decision, Found, OriginId, Record, RecordRef, Store, Value, Version};
+use crate::store::{Current, Decision, Found, OriginId, RecordRef, Store, Value, Version};
 
 /// Size limits for keys and values.
 #[derive(Debug, Clone)]
@@ -335,15 +335,5 @@ impl Db {
             (Some(lsn), Some(persist)) => persist.flush_to(lsn).await.map_err(|e| DbError::Persistence(e.to_string())),
             _ => Ok(()),
         }
-    }
-
-    /// Copies of every live record, for tests and snapshots.
-    pub fn records(&self) -> Vec<Record> {
-        let now = clock::now_ms();
-        let mut out = Vec::new();
-        for i in 0..self.store.shard_count() {
-            self.store.scan_shard(i, now, |r| out.push(r.to_owned()));
-        }
-        out
     }
 }

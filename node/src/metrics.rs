@@ -31,6 +31,7 @@ pub const RESP_COMMANDS: &[&str] = &[
     "hello",
     "info",
     "command",
+    "geocache.ack",
     "other",
 ];
 

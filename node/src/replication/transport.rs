@@ -21,6 +21,23 @@ pub struct Connection {
     pub cert: Option<CertIdentity>,
 }
 
+impl Connection {
+    /// A connection without TLS.
+    fn plain(socket: TcpStream) -> Connection {
+        let (rd, wr) = socket.into_split();
+        Connection { reader: FrameReader::new(Box::new(rd)), writer: FrameWriter::new(Box::new(wr)), cert: None }
+    }
+
+    /// A connection over an established stream (a TLS session).
+    fn over<S>(stream: S, cert: Option<CertIdentity>) -> Connection
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(stream);
+        Connection { reader: FrameReader::new(Box::new(rd)), writer: FrameWriter::new(Box::new(wr)), cert }
+    }
+}
+
 /// The name of the peer for the handshake: the host of `addr` (sent as SNI when it is
 /// a DNS name). The certificate is not checked against it (see `security::tls`), so a
 /// host that is no valid name is replaced by an address, which sends no SNI.
@@ -42,12 +59,7 @@ pub async fn dial(state: &NodeState, addr: &str, timeout: Duration) -> Result<Co
         tokio::time::timeout(timeout, TcpStream::connect(addr)).await.map_err(|_| LinkError::Timeout("connect"))??;
     socket.set_nodelay(true)?;
     let Some(tls) = &state.security.peer_tls else {
-        let (rd, wr) = socket.into_split();
-        return Ok(Connection {
-            reader: FrameReader::new(Box::new(rd)),
-            writer: FrameWriter::new(Box::new(wr)),
-            cert: None,
-        });
+        return Ok(Connection::plain(socket));
     };
     let handshake = tls.connector().connect(server_name(addr), socket);
     let stream = match tokio::time::timeout(timeout, handshake).await {
@@ -56,20 +68,14 @@ pub async fn dial(state: &NodeState, addr: &str, timeout: Duration) -> Result<Co
         Err(_) => return Err(LinkError::Timeout("tls handshake")),
     };
     let cert = peer_identity(stream.get_ref().1.peer_certificates())?;
-    let (rd, wr) = tokio::io::split(stream);
-    Ok(Connection { reader: FrameReader::new(Box::new(rd)), writer: FrameWriter::new(Box::new(wr)), cert: Some(cert) })
+    Ok(Connection::over(stream, Some(cert)))
 }
 
 /// Completes an inbound connection.
 pub async fn accept(state: &NodeState, socket: TcpStream, timeout: Duration) -> Result<Connection, LinkError> {
     socket.set_nodelay(true)?;
     let Some(tls) = &state.security.peer_tls else {
-        let (rd, wr) = socket.into_split();
-        return Ok(Connection {
-            reader: FrameReader::new(Box::new(rd)),
-            writer: FrameWriter::new(Box::new(wr)),
-            cert: None,
-        });
+        return Ok(Connection::plain(socket));
     };
     let stream = match tokio::time::timeout(timeout, tls.acceptor().accept(socket)).await {
         Ok(Ok(stream)) => stream,
@@ -77,8 +83,7 @@ pub async fn accept(state: &NodeState, socket: TcpStream, timeout: Duration) -> 
         Err(_) => return Err(LinkError::Timeout("tls handshake")),
     };
     let cert = peer_identity(stream.get_ref().1.peer_certificates())?;
-    let (rd, wr) = tokio::io::split(stream);
-    Ok(Connection { reader: FrameReader::new(Box::new(rd)), writer: FrameWriter::new(Box::new(wr)), cert: Some(cert) })
+    Ok(Connection::over(stream, Some(cert)))
 }
 
 /// A failed handshake, counted, with why.
