@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of GeoCache. It installs what the tests need when it is missing
-# (Debian's redis-tools for the real redis-cli), then runs the workspace's tests.
-# Usage: tests/run.sh            (from anywhere in the repository)
+# (Debian's redis-tools for the real redis-cli, shellcheck; helm, etcd and Kubernetes
+# v1.37.2 built with Go into ~/.cache/geocache), then runs the workspace's tests, lints the
+# chart and the shell scripts, and runs the end-to-end tier against real control planes.
+# Usage: tests/run.sh            (from anywhere in the repository; as root for the e2e tier)
+# GEOCACHE_SKIP_E2E=1 skips the end-to-end tier (it needs root: network namespaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,5 +42,16 @@ fi
 "$helm" template geocache charts/geocache-operator --namespace geocache-system \
   --set 'watchNamespaces={team-a,team-b}' --set replicaCount=2 >/dev/null
 echo "chart lints and renders (all namespaces; two watched namespaces with two replicas)"
+
+step "shell scripts (shellcheck)"
+tests/lint-shell.sh
+
+if [ "${GEOCACHE_SKIP_E2E:-}" = "1" ]; then
+  step "end-to-end tier skipped (GEOCACHE_SKIP_E2E=1)"
+else
+  step "end-to-end tier: the operator and nodes on real Kubernetes control planes (tests/controlplane/e2e.sh)"
+  tests/controlplane/build.sh >/dev/null
+  tests/controlplane/e2e.sh
+fi
 
 step "all tests passed"

@@ -48,9 +48,9 @@ cleanup() {
   if [ -f "$WORKDIR/pids" ]; then
     # "pid start-time" lines: only a process with the same start time is still ours.
     while read -r pid started; do
-      [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || continue
+      if [ -z "$pid" ] || [ ! -r "/proc/$pid/stat" ]; then continue; fi
       now="$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $20}')"
-      [ "$now" = "$started" ] && kill -KILL "$pid" 2>/dev/null || true
+      if [ "$now" = "$started" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
     done <"$WORKDIR/pids"
   fi
   if [ "${BENCH_KEEP:-0}" = "1" ] || { [ "$status" -ne 0 ] && [ -d "$WORKDIR/logs" ]; }; then

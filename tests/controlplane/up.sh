@@ -1,19 +1,34 @@
 #!/usr/bin/env bash
-# Starts N independent Kubernetes control planes on loopback (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler v1.37.2, built by build.sh) and writes
+# Starts N independent Kubernetes clusters on this machine: each has its control plane
+# (etcd, kube-apiserver, kube-controller-manager, kube-scheduler v1.37.2, built by build.sh)
+# and a test kubelet (tests/src/kubelet) that runs GeoCache pods as local processes, with
+# its own pod network, cluster DNS, service proxy and load balancers. Writes
 # DIR/cluster-1.kubeconfig ... DIR/cluster-N.kubeconfig; returns when every API server
-# answers /readyz. Stop them with down.sh DIR.
-#   usage: tests/controlplane/up.sh N DIR
-# Cluster i listens on 127.<net>.<i>.1 (net: $GEOCACHE_CP_NET, default 60).
-# Not yet: the test kubelet (the control-plane issue's item 2); pods stay Pending.
+# answers /readyz and every node is Ready. Stop everything with down.sh DIR.
+#   usage: tests/controlplane/netns.sh tests/controlplane/up.sh N DIR
+# Must run inside a private network namespace (netns.sh makes one). Idempotent: what is
+# already running is left alone, so running it again restarts only what was stopped.
+# Cluster i:  API server 127.<net>.<i>.1:6443 (net: $GEOCACHE_CP_NET, default 60)
+#             pods 10.<10+i>.0.0/16, services 10.<100+i>.0.0/16, DNS 172.31.<i>.53,
+#             load balancers 172.30.<i>.0/24 with a one-way delay of $GEOCACHE_CP_WAN_DELAY
+#             (default 20ms) in front of them, like a WAN between clusters.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 n="${1:?usage: up.sh N DIR}"
 dir="${2:?usage: up.sh N DIR}"
 net="${GEOCACHE_CP_NET:-60}"
+wan_delay="${GEOCACHE_CP_WAN_DELAY:-20ms}"
+if [ "$(readlink /proc/self/ns/net)" = "$(readlink /proc/1/ns/net)" ]; then
+  echo "up.sh: run me inside a private network namespace: tests/controlplane/netns.sh $0 $*" >&2
+  exit 1
+fi
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 bin="$("$here/build.sh")"
+repo="$(cd "$here/../.." && pwd)"
+echo "building geocache-node and test-kubelet (cargo build)" >&2
+(cd "$repo" && cargo build --locked -q -p geocache-node --bin geocache-node -p geocache-tests --bin test-kubelet)
+target="${CARGO_TARGET_DIR:-$repo/target}/debug"
 
 wait_ready() { # kubeconfig, name
   local deadline=$((SECONDS + 90))
@@ -26,10 +41,17 @@ wait_ready() { # kubeconfig, name
   done
 }
 
+running() { # pid file
+  [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
 start() { # name, log, command...
   local name=$1 log=$2
   shift 2
-  nohup "$@" >"$log" 2>&1 &
+  if running "$(dirname "$log")/$name.pid"; then
+    return 0
+  fi
+  nohup "$@" >>"$log" 2>&1 &
   echo $! >"$(dirname "$log")/$name.pid"
 }
 
@@ -42,9 +64,12 @@ for i in $(seq 1 "$n"); do
     openssl genrsa -out "$d/pki/sa.key" 2048 2>/dev/null
     openssl rsa -in "$d/pki/sa.key" -pubout -out "$d/pki/sa.pub" 2>/dev/null
   fi
-  token="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-  echo "$token,admin,admin,system:masters" >"$d/tokens.csv"
   kubeconfig="$dir/cluster-$i.kubeconfig"
+  if [ ! -f "$d/tokens.csv" ]; then
+    token="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    echo "$token,admin,admin,system:masters" >"$d/tokens.csv"
+  fi
+  token="$(cut -d, -f1 "$d/tokens.csv")"
   cat >"$kubeconfig" <<KUBECONFIG
 apiVersion: v1
 kind: Config
@@ -73,7 +98,7 @@ KUBECONFIG
     --etcd-servers "http://$ip:2379" --bind-address "$ip" --advertise-address "$ip" --secure-port 6443 \
     --cert-dir "$d/pki" --token-auth-file "$d/tokens.csv" --authorization-mode RBAC \
     --service-account-issuer "https://kubernetes.default.svc" --service-account-key-file "$d/pki/sa.pub" \
-    --service-account-signing-key-file "$d/pki/sa.key" --service-cluster-ip-range 10.96.0.0/16 \
+    --service-account-signing-key-file "$d/pki/sa.key" --service-cluster-ip-range "10.$((100 + i)).0.0/16" \
     --allow-privileged=true --endpoint-reconciler-type none
 done
 for i in $(seq 1 "$n"); do
@@ -86,6 +111,22 @@ for i in $(seq 1 "$n"); do
     --service-account-private-key-file "$d/pki/sa.key" --use-service-account-credentials=false
   start kube-scheduler "$d/kube-scheduler.log" "$bin/kube-scheduler" \
     --kubeconfig "$kubeconfig" --bind-address "$ip" --secure-port 10259 --leader-elect=false
+  start test-kubelet "$d/test-kubelet.log" "$target/test-kubelet" \
+    --kubeconfig "$kubeconfig" --node-name "cluster-$i-node" --node-ip "$ip" \
+    --pod-cidr "10.$((10 + i)).0.0/16" --dns-ip "172.31.$i.53" --lb-cidr "172.30.$i.0/24" \
+    --lb-delay "$wan_delay" --image "geocache-node=$target/geocache-node" --state-dir "$d/kubelet"
   echo "cluster-$i: ready ($(kubectl --kubeconfig "$kubeconfig" get --raw /version | grep -m1 '"gitVersion"' | tr -d ' ",'))" >&2
 done
-echo "$n control plane(s) up; kubeconfigs in $dir" >&2
+for i in $(seq 1 "$n"); do
+  kubeconfig="$dir/cluster-$i.kubeconfig"
+  deadline=$((SECONDS + 90))
+  until [ "$(kubectl --kubeconfig "$kubeconfig" get node "cluster-$i-node" \
+    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = "True" ]; do
+    if [ $SECONDS -ge $deadline ]; then
+      echo "cluster-$i: the node did not become Ready; see $dir/cluster-$i/test-kubelet.log" >&2
+      exit 1
+    fi
+    sleep 0.5
+  done
+done
+echo "$n cluster(s) up; kubeconfigs in $dir" >&2

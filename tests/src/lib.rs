@@ -41,6 +41,7 @@ pub const REDIS_CLI_TIMEOUT: Duration = Duration::from_secs(30);
 const LOG_TAIL_BYTES: usize = 64 * 1024;
 
 pub mod fleet;
+pub mod kubelet;
 
 // ---------------------------------------------------------------------------------
 // Small utilities

@@ -5,6 +5,9 @@
 //!
 //! - Each accepted connection is forwarded to one upstream, round-robin over the
 //!   upstreams that accept (like a load balancer in front of a region).
+//!   [`WanProxyHandle::set_upstreams`] replaces the upstreams at runtime (for the
+//!   connections accepted from then on); with no upstream at all, connections are
+//!   closed as soon as they are accepted (counted in [`WanProxyStats::no_upstream`]).
 //! - Every chunk read is stamped with `read time + one-way delay` and written no
 //!   earlier than that, in order. Reading and writing run concurrently, so the delay
 //!   never accumulates and throughput is not limited (up to [`MAX_IN_FLIGHT_BYTES`]
@@ -37,6 +40,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use parking_lot::RwLock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -96,7 +100,7 @@ pub struct WanProxyStats {
     pub accepted: u64,
     /// Connections forwarded to an upstream.
     pub forwarded: u64,
-    /// Connections closed because no upstream accepted them.
+    /// Connections closed because no upstream accepted them (or there was none).
     pub no_upstream: u64,
     /// Connections closed because the link was cut.
     pub closed_by_cut: u64,
@@ -117,7 +121,9 @@ struct Counters {
 }
 
 struct Shared {
-    upstreams: Vec<SocketAddr>,
+    /// Replaced as a whole by [`WanProxyHandle::set_upstreams`]; a connection works on
+    /// the snapshot it took.
+    upstreams: RwLock<Arc<[SocketAddr]>>,
     next_upstream: AtomicUsize,
     /// The one-way delay in nanoseconds.
     delay_ns: AtomicU64,
@@ -129,6 +135,10 @@ impl Shared {
     fn delay(&self) -> Duration {
         Duration::from_nanos(self.delay_ns.load(Ordering::Relaxed))
     }
+
+    fn upstreams(&self) -> Arc<[SocketAddr]> {
+        self.upstreams.read().clone()
+    }
 }
 
 /// Starts WAN proxies; see the [module documentation](self).
@@ -137,17 +147,15 @@ pub struct WanProxy;
 impl WanProxy {
     /// Listens on `listen` (port 0 picks a free port; see [`WanProxyHandle::addr`])
     /// and forwards every connection to one of `upstreams` with `one_way_delay` on
-    /// the bytes of both directions. Must be called within a Tokio runtime, whose
-    /// tasks then run the proxy until [`WanProxyHandle::shutdown`] or until the
-    /// handle is dropped.
+    /// the bytes of both directions. `upstreams` may be empty (connections are then
+    /// closed at once until [`WanProxyHandle::set_upstreams`] gives some). Must be
+    /// called within a Tokio runtime, whose tasks then run the proxy until
+    /// [`WanProxyHandle::shutdown`] or until the handle is dropped.
     pub fn spawn(
         listen: SocketAddr,
         upstreams: Vec<SocketAddr>,
         one_way_delay: Duration,
     ) -> io::Result<WanProxyHandle> {
-        if upstreams.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a wan proxy needs at least one upstream"));
-        }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| io::Error::other("a wan proxy must be started within a tokio runtime"))?;
         let std_listener = std::net::TcpListener::bind(listen)?;
@@ -159,13 +167,13 @@ impl WanProxy {
         };
         let (control, _) = watch::channel(Control::Link(LinkState::Up));
         let shared = Arc::new(Shared {
-            upstreams,
+            upstreams: RwLock::new(upstreams.into()),
             next_upstream: AtomicUsize::new(0),
             delay_ns: AtomicU64::new(duration_ns(one_way_delay)),
             control,
             counters: Counters::default(),
         });
-        tracing::debug!(%addr, upstreams = ?shared.upstreams, delay = ?one_way_delay, "wan proxy listening");
+        tracing::debug!(%addr, upstreams = ?shared.upstreams(), delay = ?one_way_delay, "wan proxy listening");
         runtime.spawn(accept_loop(listener, shared.clone()));
         Ok(WanProxyHandle { addr, shared })
     }
@@ -181,7 +189,7 @@ impl std::fmt::Debug for WanProxyHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WanProxyHandle")
             .field("addr", &self.addr)
-            .field("upstreams", &self.shared.upstreams)
+            .field("upstreams", &self.shared.upstreams())
             .field("delay", &self.shared.delay())
             .field("state", &self.state())
             .finish()
@@ -195,8 +203,15 @@ impl WanProxyHandle {
     }
 
     /// The addresses connections are forwarded to.
-    pub fn upstreams(&self) -> &[SocketAddr] {
-        &self.shared.upstreams
+    pub fn upstreams(&self) -> Vec<SocketAddr> {
+        self.shared.upstreams().to_vec()
+    }
+
+    /// Replaces the addresses new connections are forwarded to (open connections keep
+    /// their upstream). An empty list makes the proxy close new connections at once.
+    pub fn set_upstreams(&self, upstreams: Vec<SocketAddr>) {
+        tracing::debug!(addr = %self.addr, ?upstreams, "wan proxy upstreams changed");
+        *self.shared.upstreams.write() = upstreams.into();
     }
 
     /// The current one-way delay.
@@ -349,7 +364,7 @@ async fn connection(client: TcpStream, from: SocketAddr, shared: Arc<Shared>) {
     };
     let Some((upstream, to)) = upstream else {
         shared.counters.no_upstream.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%from, upstreams = ?shared.upstreams, "wan proxy found no upstream that accepts; connection closed");
+        tracing::debug!(%from, upstreams = ?shared.upstreams(), "wan proxy found no upstream that accepts; connection closed");
         return;
     };
     shared.counters.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -381,10 +396,14 @@ async fn connection(client: TcpStream, from: SocketAddr, shared: Arc<Shared>) {
 
 /// Connects to the next upstream that accepts, round-robin.
 async fn connect_upstream(shared: &Shared) -> Option<(TcpStream, SocketAddr)> {
-    let n = shared.upstreams.len();
+    let upstreams = shared.upstreams();
+    let n = upstreams.len();
+    if n == 0 {
+        return None;
+    }
     let start = shared.next_upstream.fetch_add(1, Ordering::Relaxed);
     for i in 0..n {
-        let to = shared.upstreams[(start + i) % n];
+        let to = upstreams[(start + i) % n];
         match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(to)).await {
             Ok(Ok(stream)) => return Some((stream, to)),
             Ok(Err(e)) => tracing::trace!(%to, error = %e, "wan proxy upstream refused"),
@@ -721,10 +740,52 @@ mod tests {
     }
 
     #[test]
-    fn spawning_outside_a_runtime_or_without_upstreams_is_an_error() {
+    fn spawning_outside_a_runtime_is_an_error() {
         let e = WanProxy::spawn(local(), vec![local()], Duration::ZERO).unwrap_err();
         assert!(e.to_string().contains("tokio runtime"), "{e}");
-        let e = WanProxy::spawn(local(), vec![], Duration::ZERO).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn without_upstreams_connections_are_closed_at_once() {
+        let proxy = WanProxy::spawn(local(), vec![], Duration::ZERO).unwrap();
+        assert!(proxy.upstreams().is_empty());
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        expect_closed(&mut s).await;
+        assert_eq!(proxy.stats().no_upstream, 1);
+        assert_eq!(proxy.stats().forwarded, 0);
+    }
+
+    #[tokio::test]
+    async fn new_connections_follow_the_upstreams_set_at_runtime_and_open_ones_stay() {
+        let a = named_server("a").await;
+        let b = named_server("b").await;
+        let proxy = WanProxy::spawn(local(), vec![], Duration::ZERO).unwrap();
+        let read_name = |mut s: TcpStream| async move {
+            let mut name = [0u8; 1];
+            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut name)).await.unwrap().unwrap();
+            (name[0], s)
+        };
+
+        proxy.set_upstreams(vec![a]);
+        assert_eq!(proxy.upstreams(), vec![a]);
+        let (name, mut on_a) = read_name(TcpStream::connect(proxy.addr()).await.unwrap()).await;
+        assert_eq!(name, b'a');
+
+        proxy.set_upstreams(vec![b]);
+        for _ in 0..3 {
+            let (name, _s) = read_name(TcpStream::connect(proxy.addr()).await.unwrap()).await;
+            assert_eq!(name, b'b');
+        }
+        // The connection made before the change still reaches its upstream.
+        on_a.write_all(b"still there").await.unwrap();
+        let mut buf = [0u8; 1];
+        let quiet = tokio::time::timeout(Duration::from_millis(100), on_a.read(&mut buf)).await;
+        assert!(quiet.is_err(), "the open connection was closed: {quiet:?}");
+
+        proxy.set_upstreams(vec![]);
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        expect_closed(&mut s).await;
+        assert_eq!(proxy.stats().no_upstream, 1);
+        assert_eq!(proxy.stats().forwarded, 4);
     }
 }

@@ -1,0 +1,366 @@
+#!/usr/bin/env bash
+# The end-to-end tier: the real operator binary against real Kubernetes control planes
+# (v1.37.2, built by build.sh), whose test kubelets run the real node binary as processes,
+# first with one cluster, then with three. Exit status 0 only when every check passed.
+#   usage: tests/controlplane/e2e.sh            (as root; it makes its own network namespace)
+# Env: GEOCACHE_E2E_DIR (work directory; default a new one under /tmp, removed on success),
+#      GEOCACHE_E2E_ONLY=one|three (run one scenario), GEOCACHE_E2E_KEEP=1 (keep the clusters
+#      running at the end, for a look around: tests/controlplane/netns.sh is then needed to
+#      reach them... so rather keep the directory and read the logs).
+# wait_for takes `eval '...'` checks whose expansions must happen at each try, not once:
+# shellcheck disable=SC2016
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+if [ "$(readlink /proc/self/ns/net)" = "$(readlink /proc/1/ns/net)" ]; then
+  exec "$here/netns.sh" "$0" "$@"
+fi
+cd "$repo"
+
+started=$SECONDS
+work="${GEOCACHE_E2E_DIR:-$(mktemp -d /tmp/geocache-e2e.XXXXXX)}"
+mkdir -p "$work"
+operator_pid=""
+current_dir=""
+checks=0
+
+log() { printf '[e2e %4ss] %s\n' "$((SECONDS - started))" "$*"; }
+pass() {
+  checks=$((checks + 1))
+  log "ok: $*"
+}
+fail() {
+  log "FAILED: $*"
+  exit 1
+}
+
+# wait_for DESCRIPTION SECONDS COMMAND...: runs COMMAND until it succeeds.
+wait_for() {
+  local what=$1 timeout=$2
+  shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      log "gave up after ${timeout}s waiting for: $what"
+      "$@" || true
+      fail "$what"
+    fi
+    sleep 1
+  done
+  pass "$what"
+}
+
+dump() {
+  [ -n "$current_dir" ] || return 0
+  log "--- state at failure ---"
+  for kc in "$current_dir"/cluster-*.kubeconfig; do
+    [ -f "$kc" ] || continue
+    echo "### $(basename "$kc" .kubeconfig)"
+    kubectl --kubeconfig "$kc" get geocaches,statefulsets,pods,services -A -o wide 2>&1 | head -60 || true
+  done
+  kubectl --kubeconfig "$current_dir/cluster-1.kubeconfig" get geocaches -A -o yaml 2>&1 | tail -80 || true
+  echo "### operator log (tail)"
+  tail -40 "$current_dir/operator.log" 2>/dev/null || true
+  for f in "$current_dir"/cluster-*/test-kubelet.log; do
+    echo "### $f (tail)"
+    tail -20 "$f" || true
+  done
+  for f in "$current_dir"/cluster-*/kubelet/pods/*/container.log; do
+    [ -f "$f" ] || continue
+    echo "### $f (tail)"
+    tail -8 "$f" || true
+  done
+}
+
+stop_operator() {
+  if [ -n "$operator_pid" ]; then
+    kill -TERM "$operator_pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$operator_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$operator_pid" 2>/dev/null || true
+    wait "$operator_pid" 2>/dev/null || true
+    operator_pid=""
+  fi
+}
+
+down() {
+  stop_operator
+  if [ -n "$current_dir" ]; then "$here/down.sh" "$current_dir" || true; fi
+}
+
+on_exit() {
+  local status=$?
+  if [ $status -ne 0 ]; then dump; fi
+  if [ "${GEOCACHE_E2E_KEEP:-}" != "1" ]; then down; fi
+  if [ $status -eq 0 ] && [ -z "${GEOCACHE_E2E_DIR:-}" ]; then rm -rf "$work"; fi
+  if [ $status -eq 0 ]; then
+    log "end-to-end tier passed: $checks checks in $((SECONDS - started))s"
+  else
+    log "end-to-end tier FAILED (logs kept in $work)"
+  fi
+}
+trap on_exit EXIT
+
+log "building the operator (cargo build)"
+cargo build --locked -q -p geocache-operator --bin geocache-operator
+operator_bin="${CARGO_TARGET_DIR:-$repo/target}/debug/geocache-operator"
+
+start_operator() { # kubeconfig
+  KUBECONFIG="$1" RUST_LOG=info "$operator_bin" --http-addr 127.0.0.1:18080 --resync-seconds 10 \
+    --log-format text >>"$current_dir/operator.log" 2>&1 &
+  operator_pid=$!
+  wait_for "the operator answers /readyz" 60 curl -sf http://127.0.0.1:18080/readyz
+}
+
+# --- helpers on a cluster (K: the kubeconfig in use) -------------------------------------
+k() { kubectl --kubeconfig "$K" "$@"; }
+jsonpath() { # resource, jsonpath, [namespace]
+  k get "$1" -n "${3:-default}" -o "jsonpath=$2" 2>/dev/null
+}
+cluster_ip() { jsonpath "svc/$1" '{.spec.clusterIP}' "${2:-default}"; }
+password() { # namespace, geocache
+  k get secret "$2-client-auth" -n "$1" -o jsonpath='{.data.password}' | base64 -d
+}
+# http METHOD URL [BODY]: a request with the client password in $PASSWORD.
+http() {
+  local method=$1 url=$2
+  shift 2
+  curl -sf -m 5 -X "$method" -H "Authorization: Bearer $PASSWORD" -H 'Content-Type: application/json' \
+    ${1:+--data "$1"} "$url"
+}
+reads() { # url, expected body
+  [ "$(http GET "$1")" = "$2" ]
+}
+sts_ready() { # namespace, name, replicas
+  [ "$(jsonpath "statefulset/$2" '{.status.readyReplicas}' "$1")" = "$3" ] &&
+    [ "$(jsonpath "statefulset/$2" '{.status.replicas}' "$1")" = "$3" ]
+}
+gc_ready() { # namespace, name, "ready" column value
+  [ "$(jsonpath "geocache/$2" '{.status.ready}' "$1")" = "$3" ] &&
+    [ "$(jsonpath "geocache/$2" '{.status.conditions[?(@.type=="Ready")].status}' "$1")" = "True" ]
+}
+condition_is() { # namespace, name, type, status
+  [ "$(jsonpath "geocache/$2" "{.status.conditions[?(@.type==\"$3\")].status}" "$1")" = "$4" ]
+}
+none_left() { # namespace, instance
+  [ -z "$(k get statefulsets,services,configmaps,poddisruptionbudgets,pods -n "$1" \
+    -l "app.kubernetes.io/instance=$2" -o name 2>/dev/null)" ]
+}
+pod_ip() { jsonpath "pod/$2" '{.status.podIP}' "$1"; }
+pod_restarts() { jsonpath "pod/$2" '{.status.containerStatuses[0].restartCount}' "$1"; }
+resource_versions() { # namespace, instance
+  k get statefulsets,services,configmaps,poddisruptionbudgets,secrets -n "$1" -l "app.kubernetes.io/instance=$2" \
+    -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}={.metadata.resourceVersion}{"\n"}{end}' | sort
+}
+
+# --- one cluster ----------------------------------------------------------------------------
+scenario_one() {
+  current_dir="$work/one"
+  log "scenario 1: one cluster, examples/geocache.yaml"
+  "$here/up.sh" 1 "$current_dir"
+  K="$current_dir/cluster-1.kubeconfig"
+
+  k apply -f crds/geocache.yaml >/dev/null
+  wait_for "the CRD is established" 60 k wait --for condition=established crd/geocaches.geocache.dev --timeout=5s
+  local file message out
+  for file in invalid-duplicate-regions:"region names must be unique" \
+    invalid-negative-replicas:"replicas must be 0 or more" \
+    invalid-region-name:"region name must be a DNS label"; do
+    message="${file#*:}"
+    if out="$(k apply -f "$here/e2e/${file%%:*}.yaml" 2>&1)"; then
+      fail "the API server accepted ${file%%:*}.yaml"
+    fi
+    grep -qF "$message" <<<"$out" || fail "${file%%:*}.yaml was refused without the CEL message '$message': $out"
+    pass "the API server refuses ${file%%:*}.yaml with: $message"
+  done
+
+  start_operator "$K"
+  k apply -f examples/geocache.yaml >/dev/null
+  pass "kubectl apply -f examples/geocache.yaml"
+  wait_for "the GeoCache is ready (2/2 regions)" 180 gc_ready default demo 2/2
+
+  out="$(k get geocaches)"
+  echo "$out"
+  head -1 <<<"$out" | grep -qE '^NAME +READY +REGIONS +MAX-LAG +AGE' || fail "kubectl get geocaches columns: $out"
+  grep -qE '^demo +2/2 +eu,us +[0-9]+ms ' <<<"$out" || fail "kubectl get geocaches values: $out"
+  pass "kubectl get geocaches shows READY 2/2, REGIONS eu,us and MAX-LAG"
+
+  local sel="app.kubernetes.io/name=geocache,app.kubernetes.io/instance=demo,app.kubernetes.io/managed-by=geocache-operator"
+  [ "$(k get statefulsets -l "$sel,geocache.dev/region=eu" -o name)" = "statefulset.apps/demo-eu" ] ||
+    fail "StatefulSet demo-eu with every label"
+  [ "$(k get services -l "$sel,geocache.dev/region=us" -o name | wc -l)" = 3 ] || fail "3 Services of region us with every label"
+  [ "$(k get configmaps -l "$sel,geocache.dev/region=eu" -o name)" = "configmap/demo-eu-peers" ] ||
+    fail "ConfigMap demo-eu-peers with every label"
+  pass "StatefulSets, Services and ConfigMaps carry the four labels"
+
+  PASSWORD="$(password default demo)"
+  local eu us
+  eu="$(cluster_ip demo-eu)"
+  us="$(cluster_ip demo-us)"
+  http PUT "http://$eu:8080/v1/keys/greeting" '{"hello":"world"}' >/dev/null || fail "PUT through the eu client Service"
+  wait_for "a document written in eu is read in us (client Services)" 30 reads "http://$us:8080/v1/keys/greeting" '{"hello":"world"}'
+  [ "$(redis-cli -h "$us" --no-auth-warning -a "$PASSWORD" GET greeting)" = '{"hello":"world"}' ] ||
+    fail "redis-cli GET through the us client Service"
+  pass "redis-cli reads it through the us client Service"
+
+  # Scale us up and down.
+  k patch geocache demo --type json -p '[{"op":"replace","path":"/spec/regions/1/replicas","value":3}]' >/dev/null
+  wait_for "region us scales up to 3 ready nodes" 120 sts_ready default demo-us 3
+  wait_for "the GeoCache reports us with 3 ready replicas" 60 \
+    eval 'test "$(jsonpath geocache/demo "{.status.regions[?(@.name==\"us\")].readyReplicas}")" = 3'
+  wait_for "the new node demo-us-2 has the document (full resync)" 60 \
+    eval 'reads "http://$(pod_ip default demo-us-2):8080/v1/keys/greeting" "{\"hello\":\"world\"}"'
+  k patch geocache demo --type json -p '[{"op":"replace","path":"/spec/regions/1/replicas","value":2}]' >/dev/null
+  wait_for "region us scales back down to 2" 120 sts_ready default demo-us 2
+  wait_for "pod demo-us-2 is gone" 60 eval 'test -z "$(k get pod demo-us-2 -o name 2>/dev/null)"'
+
+  # A killed node process restarts and catches up with what it missed.
+  local pid
+  pid="$(jsonpath pod/demo-eu-0 '{.status.containerStatuses[0].containerID}')"
+  pid="${pid##*://}"
+  [ -n "$pid" ] || fail "no process id for demo-eu-0"
+  kill -KILL "$pid"
+  http PUT "http://$us:8080/v1/keys/while-down" '{"written":"while demo-eu-0 was down"}' >/dev/null ||
+    fail "PUT while a node is down"
+  wait_for "the killed node demo-eu-0 is restarted" 60 eval 'test "$(pod_restarts default demo-eu-0)" -ge 1'
+  wait_for "demo-eu-0 is ready again" 60 sts_ready default demo-eu 3
+  wait_for "demo-eu-0 caught up with the write it missed" 30 \
+    reads "http://$(pod_ip default demo-eu-0):8080/v1/keys/while-down" '{"written":"while demo-eu-0 was down"}'
+  # A deleted pod is recreated by its StatefulSet and catches up.
+  local old_uid
+  # shellcheck disable=SC2034 # read by the eval below
+  old_uid="$(jsonpath pod/demo-us-1 '{.metadata.uid}')"
+  k delete pod demo-us-1 --wait=false >/dev/null
+  wait_for "the deleted pod demo-us-1 is recreated" 90 \
+    eval 'test "$(jsonpath pod/demo-us-1 "{.metadata.uid}")" != "$old_uid"'
+  wait_for "the recreated demo-us-1 is ready" 90 \
+    eval 'test "$(jsonpath pod/demo-us-1 "{.status.containerStatuses[0].ready}")" = true'
+  wait_for "the recreated demo-us-1 has the documents written before" 30 \
+    eval 'reads "http://$(pod_ip default demo-us-1):8080/v1/keys/while-down" "{\"written\":\"while demo-eu-0 was down\"}"'
+
+  # Restarting the operator changes nothing.
+  local before after
+  before="$(resource_versions default demo)"
+  stop_operator
+  start_operator "$K"
+  sleep 15
+  after="$(resource_versions default demo)"
+  [ "$before" = "$after" ] || fail "the restarted operator changed objects: $(diff <(echo "$before") <(echo "$after"))"
+  pass "a restarted operator leaves every object as it was ($(wc -l <<<"$before") objects)"
+
+  # Removing a region cleans it up.
+  k patch geocache demo --type json -p '[{"op":"remove","path":"/spec/regions/1"}]' >/dev/null
+  wait_for "region us is removed (no StatefulSet, Services, ConfigMap, pods)" 120 \
+    eval 'test -z "$(k get statefulsets,services,configmaps,pods -l app.kubernetes.io/instance=demo,geocache.dev/region=us -o name)"'
+  wait_for "the eu peers file no longer lists us" 60 \
+    sh -c "! kubectl --kubeconfig '$K' get configmap demo-eu-peers -o jsonpath='{.data.peers\.json}' | grep -q '\"us\"'"
+  wait_for "the GeoCache is ready with 1/1 region" 60 gc_ready default demo 1/1
+
+  # Deleting the GeoCache cleans everything.
+  k delete geocache demo --wait=false >/dev/null
+  wait_for "deleting the GeoCache removes every object it made" 120 none_left default demo
+  wait_for "the GeoCache is gone (finalizer done)" 60 eval 'test -z "$(k get geocache demo -o name 2>/dev/null)"'
+  down
+  current_dir=""
+}
+
+# --- three clusters ---------------------------------------------------------------------------
+member_kubeconfig() { # cluster index -> kubeconfig with the member RBAC's token
+  local kc="$current_dir/cluster-$1.kubeconfig" token
+  kubectl --kubeconfig "$kc" create namespace geocache >/dev/null
+  kubectl --kubeconfig "$kc" apply -f examples/member-cluster-rbac.yaml >/dev/null
+  local deadline=$((SECONDS + 60))
+  until token="$(kubectl --kubeconfig "$kc" get secret geocache-operator-token -n geocache \
+    -o jsonpath='{.data.token}' 2>/dev/null | base64 -d)" && [ -n "$token" ]; do
+    [ $SECONDS -lt $deadline ] || fail "cluster-$1: no token for the member ServiceAccount"
+    sleep 1
+  done
+  cat <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: cluster-$1
+  cluster:
+    server: $(kubectl --kubeconfig "$kc" config view -o jsonpath='{.clusters[0].cluster.server}')
+    insecure-skip-tls-verify: true
+users:
+- name: geocache-operator
+  user:
+    token: $token
+contexts:
+- name: member
+  context: {cluster: cluster-$1, user: geocache-operator, namespace: geocache}
+current-context: member
+KUBECONFIG
+}
+
+scenario_three() {
+  current_dir="$work/three"
+  log "scenario 2: three clusters, one region each, through load balancers with a WAN delay"
+  "$here/up.sh" 3 "$current_dir"
+  local c1="$current_dir/cluster-1.kubeconfig" c2="$current_dir/cluster-2.kubeconfig" c3="$current_dir/cluster-3.kubeconfig"
+  K="$c1"
+  k apply -f crds/geocache.yaml >/dev/null
+  wait_for "the CRD is established" 60 k wait --for condition=established crd/geocaches.geocache.dev --timeout=5s
+  k create namespace geocache >/dev/null
+  member_kubeconfig 2 >"$current_dir/us.kubeconfig"
+  member_kubeconfig 3 >"$current_dir/ap.kubeconfig"
+  k -n geocache create secret generic us-kubeconfig --from-file=kubeconfig="$current_dir/us.kubeconfig" >/dev/null
+  k -n geocache create secret generic ap-kubeconfig --from-file=kubeconfig="$current_dir/ap.kubeconfig" >/dev/null
+  pass "member clusters are reached with the rights of examples/member-cluster-rbac.yaml"
+
+  start_operator "$c1"
+  k apply -f "$here/e2e/geocache-3-clusters.yaml" >/dev/null
+  wait_for "the GeoCache is ready in three clusters (3/3 regions)" 240 gc_ready geocache sessions 3/3
+  K="$c2" wait_for "region us runs in cluster 2" 5 sts_ready geocache sessions-us 2
+  K="$c3" wait_for "region ap runs in cluster 3" 5 sts_ready geocache sessions-ap 1
+  local endpoint
+  endpoint="$(jsonpath geocache/sessions '{.status.regions[?(@.name=="ap")].endpoint}' geocache)"
+  [[ "$endpoint" == 172.30.3.*:7946 ]] || fail "region ap's endpoint is its load balancer, got '$endpoint'"
+  pass "region ap is reached at its load balancer $endpoint"
+
+  PASSWORD="$(password geocache sessions)"
+  local eu ap
+  eu="$(cluster_ip sessions-eu geocache)"
+  ap="$(K="$c3" cluster_ip sessions-ap geocache)"
+  http PUT "http://$eu:8080/v1/keys/cart:42" '{"items":["book"]}' >/dev/null || fail "PUT in region eu"
+  wait_for "a document written in cluster 1 is read in cluster 3" 30 reads "http://$ap:8080/v1/keys/cart:42" '{"items":["book"]}'
+  wait_for "the status reports lag per region" 60 \
+    eval 'test -n "$(jsonpath geocache/sessions "{.status.regions[?(@.name==\"us\")].maxLagMs}" geocache)"'
+  k get geocaches -n geocache
+
+  # A node restarts from its volume.
+  local pid
+  pid="$(K="$c3" jsonpath pod/sessions-ap-0 '{.status.containerStatuses[0].containerID}' geocache)"
+  kill -KILL "${pid##*://}"
+  K="$c3" wait_for "the killed node of region ap restarts" 60 eval 'test "$(pod_restarts geocache sessions-ap-0)" -ge 1'
+  K="$c3" wait_for "region ap is ready again" 60 sts_ready geocache sessions-ap 1
+  grep -q "recovered" "$current_dir"/cluster-3/kubelet/pods/geocache_sessions-ap-0_*/container.log ||
+    fail "the restarted node did not recover from its data directory"
+  pass "the restarted node recovered its data from its volume"
+  wait_for "region ap still has the document" 30 reads "http://$ap:8080/v1/keys/cart:42" '{"items":["book"]}'
+
+  # A member cluster that goes away: Degraded, then back.
+  kill -TERM "$(cat "$current_dir/cluster-3/kube-apiserver.pid")"
+  wait_for "the GeoCache is Degraded while cluster 3's API server is down" 120 condition_is geocache sessions Degraded True
+  http PUT "http://$eu:8080/v1/keys/during-outage" '{"ok":true}' >/dev/null || fail "PUT during the outage"
+  wait_for "replication to cluster 3 goes on without its API server" 30 reads "http://$ap:8080/v1/keys/during-outage" '{"ok":true}'
+  "$here/up.sh" 3 "$current_dir"
+  wait_for "the GeoCache recovers when cluster 3 returns" 120 condition_is geocache sessions Degraded False
+  wait_for "and is ready again" 60 gc_ready geocache sessions 3/3
+
+  # Deleting the GeoCache cleans every cluster.
+  k delete geocache sessions -n geocache --wait=false >/dev/null
+  wait_for "cluster 1 is cleaned" 120 none_left geocache sessions
+  K="$c2" wait_for "cluster 2 is cleaned" 120 none_left geocache sessions
+  K="$c3" wait_for "cluster 3 is cleaned" 120 none_left geocache sessions
+  wait_for "the GeoCache is gone" 60 eval 'test -z "$(k get geocache sessions -n geocache -o name 2>/dev/null)"'
+  down
+  current_dir=""
+}
+
+case "${GEOCACHE_E2E_ONLY:-all}" in
+  one) scenario_one ;;
+  three) scenario_three ;;
+  all) scenario_one && scenario_three ;;
+  *) fail "GEOCACHE_E2E_ONLY must be one or three" ;;
+esac
