@@ -9,7 +9,8 @@
 //!   the configured WAN delay — the path between clusters;
 //! - the cluster DNS table ([`DnsRecords`]): `<svc>.<ns>.svc.<domain>` is the ClusterIP, or for
 //!   a headless Service its endpoints' addresses, and `<hostname>.<svc>.<ns>.svc.<domain>` the
-//!   addresses of an endpoint with a hostname (StatefulSet pods).
+//!   addresses of an endpoint with a hostname (StatefulSet pods); for headless Services, ready
+//!   endpoints only unless the Service publishes not-ready addresses (as CoreDNS does).
 //!
 //! What the state should be is computed by a pure function, [`desired_state`]; [`run`] only
 //! lists, applies the difference and cleans up when told to stop. A failed list or update is
@@ -488,20 +489,25 @@ impl ServiceProxy {
     }
 
     /// Adds local addresses; returns the ones that are there now. They are recorded before
-    /// being added, so that a poll cancelled half-way still removes them at the end.
+    /// being added, so that a poll cancelled half-way still removes them at the end; the ones
+    /// that failed are forgotten, so that the next poll adds them again.
     async fn ensure_addresses(&mut self, addresses: Vec<Ipv4Addr>) -> BTreeSet<Ipv4Addr> {
         if addresses.is_empty() {
             return BTreeSet::new();
         }
         self.addresses.extend(&addresses);
+        let to_add = addresses.clone();
         let added = tokio::task::spawn_blocking(move || {
-            addresses.into_iter().map(|a| (a, ensure_local_address(a))).collect::<Vec<_>>()
+            to_add.into_iter().map(|a| (a, ensure_local_address(a))).collect::<Vec<_>>()
         })
         .await;
         let added = match added {
             Ok(added) => added,
             Err(error) => {
                 tracing::warn!(%error, "adding local addresses failed; retrying at the next poll");
+                for addr in &addresses {
+                    self.addresses.remove(addr);
+                }
                 return BTreeSet::new();
             }
         };
@@ -831,151 +837,5 @@ mod tests {
         let d = desired_state(&[peers, a], &[], &config, &BTreeMap::new());
         assert_eq!(d.dns, HashMap::from([("a.ns.svc.cluster.example".to_string(), vec![ip("10.96.0.1")])]));
         assert_eq!(d.addresses, BTreeSet::from([ip("10.96.0.1")]));
-    }
-}
-
-#[cfg(test)]
-mod smoke_tmp {
-    use super::*;
-    use k8s_openapi::api::core::v1::Namespace;
-    use kube::api::{DeleteParams, PostParams};
-    use serde_json::json;
-    use std::time::Instant;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-
-    fn lo_has(addr: &str) -> bool {
-        let out = std::process::Command::new("ip").args(["-4", "addr", "show", "dev", "lo"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).contains(&format!("inet {addr}/32"))
-    }
-
-    async fn eventually<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>>(what: &str, mut f: F) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !f().await {
-            assert!(Instant::now() < deadline, "timed out: {what}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn echo_rtt(addr: &str) -> Option<Duration> {
-        let mut s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await.ok()?.ok()?;
-        let started = Instant::now();
-        s.write_all(b"ping").await.ok()?;
-        let mut b = [0u8; 4];
-        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut b)).await.ok()?.ok()?;
-        (&b == b"ping").then(|| started.elapsed())
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore]
-    async fn smoke_against_a_real_api_server() {
-        tracing_subscriber::fmt().with_env_filter("geocache_tests=debug,geocache_node=debug").try_init().ok();
-        let path = std::env::var("SP_KUBECONFIG").unwrap();
-        let kc = kube::config::Kubeconfig::read_from(path).unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-        let client = kube::Client::try_from(cfg).unwrap();
-        let ns = "smoke";
-        let _ = Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &serde_json::from_value(json!({"metadata":{"name":ns}})).unwrap())
-            .await;
-        // The pod: an echo server on its own address.
-        ensure_local_address(ip4("10.244.0.2")).unwrap();
-        let l = TcpListener::bind("10.244.0.2:8080").await.unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                tokio::spawn(async move {
-                    let (mut r, mut w) = s.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
-            }
-        });
-        let services = Api::<Service>::namespaced(client.clone(), ns);
-        let slices = Api::<EndpointSlice>::namespaced(client.clone(), ns);
-        let svc: Service = serde_json::from_value(json!({
-            "metadata": {"name": "web"},
-            "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
-        }))
-        .unwrap();
-        let svc = services.create(&PostParams::default(), &svc).await.unwrap();
-        let cluster_ip = svc.spec.unwrap().cluster_ip.unwrap();
-        let slice: EndpointSlice = serde_json::from_value(json!({
-            "metadata": {"name": "web-1", "labels": {SERVICE_NAME_LABEL: "web"}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 8080}],
-            "endpoints": [{"addresses": ["10.244.0.2"], "hostname": "web-0", "conditions": {"ready": true}}]
-        }))
-        .unwrap();
-        slices.create(&PostParams::default(), &slice).await.unwrap();
-        let headless: Service = serde_json::from_value(json!({
-            "metadata": {"name": "peers"},
-            "spec": {"clusterIP": "None", "publishNotReadyAddresses": true, "ports": [{"name": "http", "port": 80}]}
-        }))
-        .unwrap();
-        services.create(&PostParams::default(), &headless).await.unwrap();
-        let mut pslice = slice.clone();
-        pslice.metadata.name = Some("peers-1".into());
-        pslice.metadata.labels = Some([(SERVICE_NAME_LABEL.to_string(), "peers".to_string())].into());
-        pslice.endpoints.as_mut().unwrap()[0].conditions = Some(Default::default());
-        pslice.endpoints.as_mut().unwrap()[0].conditions.as_mut().unwrap().ready = Some(false);
-        slices.create(&PostParams::default(), &pslice).await.unwrap();
-
-        let dns = DnsRecords::default();
-        let (stop, shutdown) = watch::channel(false);
-        let config = ServiceProxyConfig {
-            cluster_domain: "cluster.local".into(),
-            lb_pool: vec![ip4("10.250.0.1"), ip4("10.250.0.2")],
-            lb_delay: Duration::from_millis(50),
-            poll_interval: Duration::from_millis(300),
-        };
-        let task = tokio::spawn(run(client.clone(), config, dns.clone(), shutdown));
-
-        let cip = format!("{cluster_ip}:80");
-        eventually("cluster ip answers", || async { echo_rtt(&cip).await.is_some() }).await;
-        eventually("lb answers", || async { echo_rtt("10.250.0.1:80").await.is_some() }).await;
-        let rtt = echo_rtt("10.250.0.1:80").await.unwrap();
-        assert!(rtt >= Duration::from_millis(100), "{rtt:?}");
-        eprintln!("cluster ip rtt {:?}, lb rtt {rtt:?}", echo_rtt(&cip).await.unwrap());
-        eventually("status", || async {
-            let s = services.get_status("web").await.unwrap();
-            s.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).map(|i| i[0].ip.clone())
-                == Some(Some("10.250.0.1".into()))
-        })
-        .await;
-        assert_eq!(dns.lookup("web.smoke.svc.cluster.local"), Some(vec![ip4(&cluster_ip)]));
-        assert_eq!(dns.lookup("peers.smoke.svc.cluster.local"), Some(vec![ip4("10.244.0.2")]));
-        assert_eq!(dns.lookup("web-0.peers.smoke.svc.cluster.local"), Some(vec![ip4("10.244.0.2")]));
-
-        // Endpoint goes away: connections are closed.
-        slices.delete("web-1", &DeleteParams::default()).await.unwrap();
-        eventually("no upstream", || async { echo_rtt(&cip).await.is_none() }).await;
-        slices.create(&PostParams::default(), &slice).await.unwrap();
-        eventually("upstream back", || async { echo_rtt(&cip).await.is_some() }).await;
-
-        // Service goes: addresses are removed.
-        services.delete("web", &DeleteParams::default()).await.unwrap();
-        eventually("addresses removed", || async { !lo_has(&cluster_ip) && !lo_has("10.250.0.1") }).await;
-        // A new LB reuses the freed ip.
-        let svc2: Service = serde_json::from_value(json!({
-            "metadata": {"name": "web2"},
-            "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80}]}
-        }))
-        .unwrap();
-        services.create(&PostParams::default(), &svc2).await.unwrap();
-        eventually("lb2 address", || async { lo_has("10.250.0.1") }).await;
-        let s = services.get_status("web2").await.unwrap();
-        let cip2 = s.spec.unwrap().cluster_ip.unwrap();
-        assert!(lo_has(&cip2));
-
-        stop.send(true).unwrap();
-        task.await.unwrap().unwrap();
-        assert!(!lo_has("10.250.0.1") && !lo_has(&cip2), "addresses left after shutdown");
-        assert!(TcpStream::connect("10.250.0.1:80").await.is_err());
-        services.delete("web2", &DeleteParams::default()).await.unwrap();
-        services.delete("peers", &DeleteParams::default()).await.unwrap();
-        remove_local_address(ip4("10.244.0.2"));
-    }
-
-    fn ip4(s: &str) -> Ipv4Addr {
-        s.parse().unwrap()
     }
 }
