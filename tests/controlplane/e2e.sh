@@ -111,6 +111,13 @@ start_operator() { # kubeconfig
   wait_for "the operator answers /readyz" 60 curl -sf http://127.0.0.1:18080/readyz
 }
 
+fresh() { # a scenario directory from a previous run is stopped and emptied first
+  if [ -d "$1" ]; then
+    "$here/down.sh" "$1" || true
+    rm -rf "$1"
+  fi
+}
+
 # --- helpers on a cluster (K: the kubeconfig in use) -------------------------------------
 k() { kubectl --kubeconfig "$K" "$@"; }
 jsonpath() { # resource, jsonpath, [namespace]
@@ -155,6 +162,7 @@ resource_versions() { # namespace, instance
 # --- one cluster ----------------------------------------------------------------------------
 scenario_one() {
   current_dir="$work/one"
+  fresh "$current_dir"
   log "scenario 1: one cluster, examples/geocache.yaml"
   "$here/up.sh" 1 "$current_dir"
   K="$current_dir/cluster-1.kubeconfig"
@@ -295,6 +303,7 @@ KUBECONFIG
 
 scenario_three() {
   current_dir="$work/three"
+  fresh "$current_dir"
   log "scenario 2: three clusters, one region each, through load balancers with a WAN delay"
   "$here/up.sh" 3 "$current_dir"
   local c1="$current_dir/cluster-1.kubeconfig" c2="$current_dir/cluster-2.kubeconfig" c3="$current_dir/cluster-3.kubeconfig"
@@ -324,6 +333,9 @@ scenario_three() {
   ap="$(K="$c3" cluster_ip sessions-ap geocache)"
   http PUT "http://$eu:8080/v1/keys/cart:42" '{"items":["book"]}' >/dev/null || fail "PUT in region eu"
   wait_for "a document written in cluster 1 is read in cluster 3" 30 reads "http://$ap:8080/v1/keys/cart:42" '{"items":["book"]}'
+  [ "$(jsonpath geocache/sessions '{.status.regions[*].readyReplicas}' geocache)" = "2 2 1" ] ||
+    fail "per-region readiness in the status: $(jsonpath geocache/sessions '{.status.regions}' geocache)"
+  pass "the status reports every region's ready nodes (eu 2, us 2, ap 1)"
   wait_for "the status reports lag per region" 60 \
     eval 'test -n "$(jsonpath geocache/sessions "{.status.regions[?(@.name==\"us\")].maxLagMs}" geocache)"'
   k get geocaches -n geocache
@@ -334,13 +346,18 @@ scenario_three() {
   kill -KILL "${pid##*://}"
   K="$c3" wait_for "the killed node of region ap restarts" 60 eval 'test "$(pod_restarts geocache sessions-ap-0)" -ge 1'
   K="$c3" wait_for "region ap is ready again" 60 sts_ready geocache sessions-ap 1
-  grep -q "recovered" "$current_dir"/cluster-3/kubelet/pods/geocache_sessions-ap-0_*/container.log ||
-    fail "the restarted node did not recover from its data directory"
-  pass "the restarted node recovered its data from its volume"
+  local recovered
+  recovered="$(cat "$current_dir"/cluster-3/kubelet/pods/geocache_sessions-ap-0_*/container.log |
+    grep -o 'recovered [0-9]* entries' | tail -1 | tr -dc 0-9)"
+  [ "${recovered:-0}" -ge 1 ] || fail "the restarted node did not recover entries from its volume"
+  pass "the restarted node recovered $recovered entries from its volume"
   wait_for "region ap still has the document" 30 reads "http://$ap:8080/v1/keys/cart:42" '{"items":["book"]}'
 
   # A member cluster that goes away: Degraded, then back.
-  kill -TERM "$(cat "$current_dir/cluster-3/kube-apiserver.pid")"
+  local apiserver
+  apiserver="$(cat "$current_dir/cluster-3/kube-apiserver.pid")"
+  kill -KILL "$apiserver"
+  while kill -0 "$apiserver" 2>/dev/null; do sleep 0.2; done
   wait_for "the GeoCache is Degraded while cluster 3's API server is down" 120 condition_is geocache sessions Degraded True
   http PUT "http://$eu:8080/v1/keys/during-outage" '{"ok":true}' >/dev/null || fail "PUT during the outage"
   wait_for "replication to cluster 3 goes on without its API server" 30 reads "http://$ap:8080/v1/keys/during-outage" '{"ok":true}'
