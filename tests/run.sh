@@ -13,6 +13,11 @@ step() { printf '\n==> %s\n' "$*"; }
 need_apt=()
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# The end-to-end tier: network namespaces and veth pairs (ip, unshare), HTTP checks (curl).
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]} (Debian packages)"
   SUDO=""

@@ -118,7 +118,7 @@ struct PodRuntime {
 
 /// Runs the pods bound to this node until `shutdown`; then stops them all.
 pub async fn run(client: Client, config: PodsConfig, mut shutdown: watch::Receiver<bool>) {
-    let mut kubelet = Kubelet { client, config, pods: HashMap::new(), next_address: 2, terminating: Vec::new() };
+    let mut kubelet = Kubelet { client, config, pods: HashMap::new(), next_address: 2, terminating: HashMap::new() };
     kubelet.clean_leftovers();
     let mut last_storage = Instant::now() - Duration::from_secs(60);
     loop {
@@ -144,7 +144,7 @@ pub async fn run(client: Client, config: PodsConfig, mut shutdown: watch::Receiv
             stop_and_clean(pod, Duration::from_secs(5)).await;
         }
     }
-    for task in kubelet.terminating.drain(..) {
+    for (_, task) in kubelet.terminating.drain() {
         let _ = task.await;
     }
 }
@@ -154,7 +154,8 @@ struct Kubelet {
     config: PodsConfig,
     pods: HashMap<String, PodRuntime>,
     next_address: u32,
-    terminating: Vec<tokio::task::JoinHandle<()>>,
+    /// Pods being stopped and deleted, by uid.
+    terminating: HashMap<String, tokio::task::JoinHandle<()>>,
 }
 
 impl Kubelet {
@@ -172,7 +173,7 @@ impl Kubelet {
     async fn sync(&mut self) -> anyhow::Result<()> {
         let api: Api<Pod> = Api::all(self.client.clone());
         let list = api.list(&ListParams::default().fields(&format!("spec.nodeName={}", self.config.node))).await?;
-        self.terminating.retain(|t| !t.is_finished());
+        self.terminating.retain(|_, t| !t.is_finished());
         let mut seen = Vec::new();
         for pod in list.items {
             let Some(uid) = pod.metadata.uid.clone() else { continue };
@@ -194,7 +195,7 @@ impl Kubelet {
         for uid in gone {
             if let Some(runtime) = self.pods.remove(&uid) {
                 tracing::info!(pod = %pod_name(&runtime.pod), "pod gone from the API; stopping it");
-                self.terminating.push(tokio::spawn(stop_and_clean(runtime, Duration::ZERO)));
+                self.terminating.insert(uid, tokio::spawn(stop_and_clean(runtime, Duration::ZERO)));
             }
         }
 
@@ -454,13 +455,13 @@ impl Kubelet {
             .map(Duration::from_secs)
             .unwrap_or(MAX_GRACE)
             .min(MAX_GRACE);
+        if self.terminating.contains_key(uid) {
+            return;
+        }
         let client = self.client.clone();
         let runtime = self.pods.remove(uid);
         let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone(), pod.metadata.uid.clone());
-        if runtime.is_none() && self.terminating.iter().any(|t| !t.is_finished()) {
-            // Another pass already stops it, or it was never started here: delete it for good.
-        }
-        self.terminating.push(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Some(runtime) = runtime {
                 tracing::info!(pod = %pod_name(&runtime.pod), "stopping terminating pod");
                 stop_and_clean(runtime, grace).await;
@@ -477,7 +478,8 @@ impl Kubelet {
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
                 Err(error) => tracing::warn!(pod = %name, %error, "pod not deleted"),
             }
-        }));
+        });
+        self.terminating.insert(uid.to_string(), task);
     }
 }
 
