@@ -34,13 +34,7 @@ step "unit, property and process tests (cargo test --workspace)"
 cargo test --workspace --locked --all-targets
 
 step "operator chart (helm lint, helm template)"
-helm_version=v3.22.0
-helm_dir="$HOME/.cache/geocache/helm-$helm_version"
-helm="$helm_dir/helm"
-if [ ! -x "$helm" ]; then
-  echo "building helm $helm_version with go install into $helm_dir (once; a few minutes)"
-  GOBIN="$helm_dir" go install -v "helm.sh/helm/v3/cmd/helm@$helm_version"
-fi
+helm="$(tests/helm.sh)"
 "$helm" version --short
 "$helm" lint --strict charts/geocache-operator
 "$helm" template geocache charts/geocache-operator --namespace geocache-system >/dev/null

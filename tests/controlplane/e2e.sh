@@ -104,11 +104,34 @@ log "building the operator (cargo build)"
 cargo build --locked -q -p geocache-operator --bin geocache-operator
 operator_bin="${CARGO_TARGET_DIR:-$repo/target}/debug/geocache-operator"
 
-start_operator() { # kubeconfig
-  KUBECONFIG="$1" RUST_LOG=info "$operator_bin" --http-addr 127.0.0.1:18080 --resync-seconds 10 \
-    --log-format text >>"$current_dir/operator.log" 2>&1 &
+start_operator() { # kubeconfig, [lease namespace: run as the chart does, with leader election]
+  operator_runs=$((${operator_runs:-0} + 1))
+  KUBECONFIG="$1" RUST_LOG=info POD_NAME="geocache-operator-e2e-$operator_runs" POD_NAMESPACE="${2:-}" \
+    "$operator_bin" --http-addr 127.0.0.1:18080 --resync-seconds 10 --log-format text \
+    --leader-elect "$([ -n "${2:-}" ] && echo true || echo false)" ${2:+--lease-namespace "$2"} \
+    >>"$current_dir/operator.log" 2>&1 &
   operator_pid=$!
-  wait_for "the operator answers /readyz" 60 curl -sf http://127.0.0.1:18080/readyz
+  wait_for "the operator answers /healthz" 60 curl -sf http://127.0.0.1:18080/healthz
+}
+
+# kubeconfig_for_token KUBECONFIG TOKEN: the cluster of KUBECONFIG, authenticating with TOKEN.
+kubeconfig_for_token() {
+  cat <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: cluster
+  cluster:
+    server: $(kubectl --kubeconfig "$1" config view --raw -o jsonpath='{.clusters[0].cluster.server}')
+    certificate-authority-data: $(kubectl --kubeconfig "$1" config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
+users:
+- name: user
+  user: {token: "$2"}
+contexts:
+- name: context
+  context: {cluster: cluster, user: user}
+current-context: context
+KUBECONFIG
 }
 
 fresh() { # a scenario directory from a previous run is stopped and emptied first
@@ -167,8 +190,18 @@ scenario_one() {
   "$here/up.sh" 1 "$current_dir"
   K="$current_dir/cluster-1.kubeconfig"
 
-  k apply -f crds/geocache.yaml >/dev/null
+  # The operator's chart, as users install it (its CRD, ServiceAccount and RBAC); the
+  # operator process then runs here with that ServiceAccount's token, so the chart's RBAC
+  # is what it is allowed to do (the test kubelet runs only GeoCache images, hence no pod).
+  local helm sa
+  helm="$("$repo/tests/helm.sh")"
+  "$helm" --kubeconfig "$K" install geocache charts/geocache-operator --namespace geocache-system \
+    --create-namespace --set replicaCount=0 >/dev/null
+  pass "helm install of charts/geocache-operator"
   wait_for "the CRD is established" 60 k wait --for condition=established crd/geocaches.geocache.dev --timeout=5s
+  sa="$(k get serviceaccounts -n geocache-system -l app.kubernetes.io/instance=geocache -o name)"
+  [ -n "$sa" ] || fail "the chart made no ServiceAccount"
+  kubeconfig_for_token "$K" "$(k create token "${sa#serviceaccount/}" -n geocache-system --duration 2h)" >"$current_dir/operator.kubeconfig"
   local file message out
   for file in invalid-duplicate-regions:"region names must be unique" \
     invalid-negative-replicas:"replicas must be 0 or more" \
@@ -181,7 +214,7 @@ scenario_one() {
     pass "the API server refuses ${file%%:*}.yaml with: $message"
   done
 
-  start_operator "$K"
+  start_operator "$current_dir/operator.kubeconfig" geocache-system
   k apply -f examples/geocache.yaml >/dev/null
   pass "kubectl apply -f examples/geocache.yaml"
   wait_for "the GeoCache is ready (2/2 regions)" 180 gc_ready default demo 2/2
@@ -199,6 +232,8 @@ scenario_one() {
   [ "$(k get configmaps -l "$sel,geocache.dev/region=eu" -o name)" = "configmap/demo-eu-peers" ] ||
     fail "ConfigMap demo-eu-peers with every label"
   pass "StatefulSets, Services and ConfigMaps carry the four labels"
+  wait_for "the operator records Events on the GeoCache" 30 \
+    eval 'test -n "$(k get events -n default --field-selector involvedObject.kind=GeoCache,involvedObject.name=demo -o name)"'
 
   PASSWORD="$(password default demo)"
   local eu us
@@ -210,8 +245,13 @@ scenario_one() {
     fail "redis-cli GET through the us client Service"
   pass "redis-cli reads it through the us client Service"
 
-  # Scale us up and down.
+  # Scale us up, with the operator killed midway (its successor takes the lease over and
+  # finishes), then down.
   k patch geocache demo --type json -p '[{"op":"replace","path":"/spec/regions/1/replicas","value":3}]' >/dev/null
+  kill -KILL "$operator_pid"
+  wait "$operator_pid" 2>/dev/null || true
+  operator_pid=""
+  start_operator "$current_dir/operator.kubeconfig" geocache-system
   wait_for "region us scales up to 3 ready nodes" 120 sts_ready default demo-us 3
   wait_for "the GeoCache reports us with 3 ready replicas" 60 \
     eval 'test "$(jsonpath geocache/demo "{.status.regions[?(@.name==\"us\")].readyReplicas}")" = 3'
@@ -249,8 +289,10 @@ scenario_one() {
   local before after
   before="$(resource_versions default demo)"
   stop_operator
-  start_operator "$K"
-  sleep 15
+  start_operator "$current_dir/operator.kubeconfig" geocache-system
+  wait_for "the restarted operator leads" 60 \
+    eval 'test "$(jsonpath lease/geocache-operator "{.spec.holderIdentity}" geocache-system)" = "geocache-operator-e2e-$operator_runs"'
+  sleep 12
   after="$(resource_versions default demo)"
   [ "$before" = "$after" ] || fail "the restarted operator changed objects: $(diff <(echo "$before") <(echo "$after"))"
   pass "a restarted operator leaves every object as it was ($(wc -l <<<"$before") objects)"
@@ -282,23 +324,7 @@ member_kubeconfig() { # cluster index -> kubeconfig with the member RBAC's token
     [ $SECONDS -lt $deadline ] || fail "cluster-$1: no token for the member ServiceAccount"
     sleep 1
   done
-  cat <<KUBECONFIG
-apiVersion: v1
-kind: Config
-clusters:
-- name: cluster-$1
-  cluster:
-    server: $(kubectl --kubeconfig "$kc" config view -o jsonpath='{.clusters[0].cluster.server}')
-    insecure-skip-tls-verify: true
-users:
-- name: geocache-operator
-  user:
-    token: $token
-contexts:
-- name: member
-  context: {cluster: cluster-$1, user: geocache-operator, namespace: geocache}
-current-context: member
-KUBECONFIG
+  kubeconfig_for_token "$kc" "$token"
 }
 
 scenario_three() {

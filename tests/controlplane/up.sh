@@ -64,6 +64,16 @@ for i in $(seq 1 "$n"); do
     openssl genrsa -out "$d/pki/sa.key" 2048 2>/dev/null
     openssl rsa -in "$d/pki/sa.key" -pubout -out "$d/pki/sa.pub" 2>/dev/null
   fi
+  if [ ! -f "$d/pki/apiserver.crt" ]; then # a CA per cluster and the API server's certificate
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$d/pki/ca.key" -out "$d/pki/ca.crt" -days 3650 \
+      -subj "/CN=cluster-$i-ca" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -keyout "$d/pki/apiserver.key" -out "$d/pki/apiserver.csr" \
+      -subj "/CN=kube-apiserver" 2>/dev/null
+    printf '%s\n' "subjectAltName=IP:$ip,IP:10.$((100 + i)).0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" \
+      "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$d/pki/apiserver.ext"
+    openssl x509 -req -in "$d/pki/apiserver.csr" -CA "$d/pki/ca.crt" -CAkey "$d/pki/ca.key" -CAcreateserial \
+      -out "$d/pki/apiserver.crt" -days 3650 -extfile "$d/pki/apiserver.ext" 2>/dev/null
+  fi
   kubeconfig="$dir/cluster-$i.kubeconfig"
   if [ ! -f "$d/tokens.csv" ]; then
     token="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -77,7 +87,7 @@ clusters:
 - name: cluster-$i
   cluster:
     server: https://$ip:6443
-    insecure-skip-tls-verify: true
+    certificate-authority-data: $(base64 -w0 "$d/pki/ca.crt")
 users:
 - name: admin
   user:
@@ -96,7 +106,7 @@ KUBECONFIG
     --initial-cluster "cluster-$i=http://$ip:2380" --log-level warn
   start kube-apiserver "$d/kube-apiserver.log" "$bin/kube-apiserver" \
     --etcd-servers "http://$ip:2379" --bind-address "$ip" --advertise-address "$ip" --secure-port 6443 \
-    --cert-dir "$d/pki" --token-auth-file "$d/tokens.csv" --authorization-mode RBAC \
+    --tls-cert-file "$d/pki/apiserver.crt" --tls-private-key-file "$d/pki/apiserver.key" --token-auth-file "$d/tokens.csv" --authorization-mode RBAC \
     --service-account-issuer "https://kubernetes.default.svc" --service-account-key-file "$d/pki/sa.pub" \
     --service-account-signing-key-file "$d/pki/sa.key" --service-cluster-ip-range "10.$((100 + i)).0.0/16" \
     --allow-privileged=true --endpoint-reconciler-type none
@@ -108,7 +118,8 @@ for i in $(seq 1 "$n"); do
   wait_ready "$kubeconfig" "cluster-$i"
   start kube-controller-manager "$d/kube-controller-manager.log" "$bin/kube-controller-manager" \
     --kubeconfig "$kubeconfig" --bind-address "$ip" --secure-port 10257 --leader-elect=false \
-    --service-account-private-key-file "$d/pki/sa.key" --use-service-account-credentials=false
+    --service-account-private-key-file "$d/pki/sa.key" --root-ca-file "$d/pki/ca.crt" \
+    --use-service-account-credentials=false
   start kube-scheduler "$d/kube-scheduler.log" "$bin/kube-scheduler" \
     --kubeconfig "$kubeconfig" --bind-address "$ip" --secure-port 10259 --leader-elect=false
   start test-kubelet "$d/test-kubelet.log" "$target/test-kubelet" \

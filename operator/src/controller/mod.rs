@@ -149,6 +149,11 @@ async fn run_scope(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutd
                 Err(controller::Error::ReconcilerFailed(error, object)) => {
                     tracing::warn!(object = %object, category = error.category(), error = %error, "reconcile failed")
                 }
+                // A change to an owned object can trigger a reconcile of a GeoCache that was
+                // deleted in the meantime: nothing to do, not a failure.
+                Err(controller::Error::ObjectNotFound(object)) => {
+                    tracing::debug!(object = %object, "geocache gone before its reconcile")
+                }
                 Err(error) => tracing::warn!(error = %error, "controller error"),
             }
         })
