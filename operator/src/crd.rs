@@ -110,6 +110,10 @@ pub struct GeoCacheSpec {
 /// Encryption and authentication.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.clientTls) || !self.clientTls.enabled || !has(self.peerTls) || self.peerTls.enabled",
+     "message": "security.clientTls needs security.peerTls: its certificates come from the same CA or issuer"}
+]))]
 pub struct SecuritySpec {
     /// Mutual TLS on the replication links between nodes and regions.
     #[serde(default)]
@@ -117,6 +121,23 @@ pub struct SecuritySpec {
     /// Passwords that clients must give (Redis `AUTH`, HTTP `Authorization: Bearer`).
     #[serde(default)]
     pub client_auth: ClientAuthSpec,
+    /// TLS on the client ports (HTTP and Redis protocol).
+    #[serde(default)]
+    pub client_tls: ClientTlsSpec,
+}
+
+/// TLS on the nodes' client ports: each region's nodes serve a certificate for the
+/// region's client Service (`<name>-<region>`, `<name>-<region>.<namespace>`,
+/// `….svc`, `….svc.<cluster domain>`) and their own stable pod names, from the CA or issuer
+/// of `peerTls`. Clients trust the CA published in the ConfigMap `<name>-<region>-ca`
+/// (key `ca.crt`) of the region's namespace. Probes, and the operator reading the nodes'
+/// status, then use HTTPS.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTlsSpec {
+    /// Off by default (clients in the cluster reach the nodes in clear text).
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 /// Mutual TLS between nodes: each region's nodes present a certificate for the identity

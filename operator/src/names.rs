@@ -19,6 +19,8 @@ pub const DATA_DIR: &str = "/var/lib/geocache";
 pub const PEER_TLS_DIR: &str = "/etc/geocache-tls";
 /// Where a region's client password Secret is mounted.
 pub const CLIENT_AUTH_DIR: &str = "/etc/geocache-auth";
+/// Where a node finds its client-port certificate and key.
+pub const CLIENT_TLS_DIR: &str = "/etc/geocache-client-tls";
 /// Key (and file name) of the accepted client passwords in a region's Secret.
 pub const PASSWORDS_KEY: &str = "passwords";
 
@@ -55,6 +57,11 @@ pub struct RegionNames {
     pub peer_tls: String,
     /// Secret of the accepted client passwords: `<name>-<region>-client-auth`.
     pub client_auth: String,
+    /// Secret of the region's client-port certificate: `<name>-<region>-client-tls` (and the
+    /// cert-manager Certificate that fills it: `<name>-<region>-client`).
+    pub client_tls: String,
+    /// ConfigMap with the CA that clients trust (`ca.crt`): `<name>-<region>-ca`.
+    pub client_ca: String,
 }
 
 impl RegionNames {
@@ -65,6 +72,8 @@ impl RegionNames {
             replication: format!("{base}-replication"),
             peer_tls: format!("{base}-peer-tls"),
             client_auth: format!("{base}-client-auth"),
+            client_tls: format!("{base}-client-tls"),
+            client_ca: format!("{base}-ca"),
             base,
         }
     }

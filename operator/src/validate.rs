@@ -56,6 +56,8 @@ pub struct SecurityPlan {
     pub peer_tls: Option<PeerTlsPlan>,
     /// Client passwords (`None`: off).
     pub client_auth: Option<ClientAuthPlan>,
+    /// TLS on the client ports, with certificates from the same source as `peer_tls`.
+    pub client_tls: bool,
 }
 
 /// Where the nodes' peer certificates come from.
@@ -253,7 +255,13 @@ pub fn validate(gc: &GeoCache) -> Result<Plan, InvalidSpec> {
     {
         problems.push("security.clientAuth.passwordSecretRef.name must be the name of a Secret".to_string());
     }
+    if security.client_tls.enabled && !security.peer_tls.enabled {
+        problems.push(
+            "security.clientTls needs security.peerTls: its certificates come from the same CA or issuer".to_string(),
+        );
+    }
     let security = SecurityPlan {
+        client_tls: security.client_tls.enabled && security.peer_tls.enabled,
         peer_tls: security.peer_tls.enabled.then(|| match &security.peer_tls.issuer_ref {
             Some(issuer) => PeerTlsPlan::CertManager(issuer.clone()),
             None => PeerTlsPlan::OperatorCa,
@@ -447,6 +455,15 @@ spec:
         assert!(validate(&gc).is_ok(), "same cluster is fine");
         gc.spec.regions[1].cluster = Some(crate::fixtures::cluster("us-kubeconfig"));
         assert!(problems(&gc).iter().any(|m| m.contains("cannot be reached from region us")));
+    }
+
+    #[test]
+    fn client_tls_needs_peer_tls_for_its_certificates() {
+        let mut gc = geocache("cache", vec![region("eu")]);
+        gc.spec.security.client_tls.enabled = true;
+        assert!(validate(&gc).unwrap().security.client_tls);
+        gc.spec.security.peer_tls.enabled = false;
+        assert!(problems(&gc).iter().any(|m| m.starts_with("security.clientTls needs security.peerTls")));
     }
 
     #[test]

@@ -155,7 +155,7 @@ http() {
   local method=$1 url=$2
   shift 2
   curl -sf -m 5 -X "$method" -H "Authorization: Bearer $PASSWORD" -H 'Content-Type: application/json' \
-    ${1:+--data "$1"} "$url"
+    ${CURL_TLS[@]+"${CURL_TLS[@]}"} ${1:+--data "$1"} "$url"
 }
 reads() { # url, expected body
   [ "$(http GET "$1")" = "$2" ]
@@ -205,7 +205,8 @@ scenario_one() {
   local file message out
   for file in invalid-duplicate-regions:"region names must be unique" \
     invalid-negative-replicas:"replicas must be 0 or more" \
-    invalid-region-name:"region name must be a DNS label"; do
+    invalid-region-name:"region name must be a DNS label" \
+    invalid-client-tls-without-peer-tls:"security.clientTls needs security.peerTls"; do
     message="${file#*:}"
     if out="$(k apply -f "$here/e2e/${file%%:*}.yaml" 2>&1)"; then
       fail "the API server accepted ${file%%:*}.yaml"
@@ -353,12 +354,26 @@ scenario_three() {
   [[ "$endpoint" == 172.30.3.*:7946 ]] || fail "region ap's endpoint is its load balancer, got '$endpoint'"
   pass "region ap is reached at its load balancer $endpoint"
 
+  # Clients speak TLS to the nodes, trusting the CA the operator publishes in each region.
   PASSWORD="$(password geocache sessions)"
-  local eu ap
-  eu="$(cluster_ip sessions-eu geocache)"
-  ap="$(K="$c3" cluster_ip sessions-ap geocache)"
-  http PUT "http://$eu:8080/v1/keys/cart:42" '{"items":["book"]}' >/dev/null || fail "PUT in region eu"
-  wait_for "a document written in cluster 1 is read in cluster 3" 30 reads "http://$ap:8080/v1/keys/cart:42" '{"items":["book"]}'
+  local eu_ip ap_ip eu ap
+  eu_ip="$(cluster_ip sessions-eu geocache)"
+  ap_ip="$(K="$c3" cluster_ip sessions-ap geocache)"
+  jsonpath configmap/sessions-eu-ca '{.data.ca\.crt}' geocache >"$current_dir/ca-eu.crt"
+  K="$c3" jsonpath configmap/sessions-ap-ca '{.data.ca\.crt}' geocache >"$current_dir/ca-ap.crt"
+  grep -q "BEGIN CERTIFICATE" "$current_dir/ca-ap.crt" || fail "no CA published in region ap"
+  cmp -s "$current_dir/ca-eu.crt" "$current_dir/ca-ap.crt" || fail "regions eu and ap publish different CAs"
+  CURL_TLS=(--cacert "$current_dir/ca-eu.crt" --resolve "sessions-eu.geocache.svc:8080:$eu_ip"
+    --resolve "sessions-ap.geocache.svc:8080:$ap_ip")
+  eu="https://sessions-eu.geocache.svc:8080"
+  ap="https://sessions-ap.geocache.svc:8080"
+  if curl -sf -m 5 "http://$eu_ip:8080/healthz" >/dev/null 2>&1; then fail "region eu answers in clear text"; fi
+  http PUT "$eu/v1/keys/cart:42" '{"items":["book"]}' >/dev/null || fail "PUT over TLS in region eu"
+  pass "region eu serves its clients over TLS with a certificate for its Service name"
+  wait_for "a document written in cluster 1 is read in cluster 3" 30 reads "$ap/v1/keys/cart:42" '{"items":["book"]}'
+  [ "$(redis-cli --tls --cacert "$current_dir/ca-ap.crt" -h "$ap_ip" --no-auth-warning -a "$PASSWORD" GET cart:42)" = \
+    '{"items":["book"]}' ] || fail "redis-cli --tls GET in region ap"
+  pass "redis-cli --tls reads it in region ap"
   [ "$(jsonpath geocache/sessions '{.status.regions[*].readyReplicas}' geocache)" = "2 2 1" ] ||
     fail "per-region readiness in the status: $(jsonpath geocache/sessions '{.status.regions}' geocache)"
   pass "the status reports every region's ready nodes (eu 2, us 2, ap 1)"
@@ -377,7 +392,7 @@ scenario_three() {
     grep -o 'recovered [0-9]* entries' | tail -1 | tr -dc 0-9)"
   [ "${recovered:-0}" -ge 1 ] || fail "the restarted node did not recover entries from its volume"
   pass "the restarted node recovered $recovered entries from its volume"
-  wait_for "region ap still has the document" 30 reads "http://$ap:8080/v1/keys/cart:42" '{"items":["book"]}'
+  wait_for "region ap still has the document" 30 reads "$ap/v1/keys/cart:42" '{"items":["book"]}'
 
   # A member cluster that goes away: Degraded, then back.
   local apiserver
@@ -385,8 +400,8 @@ scenario_three() {
   kill -KILL "$apiserver"
   while kill -0 "$apiserver" 2>/dev/null; do sleep 0.2; done
   wait_for "the GeoCache is Degraded while cluster 3's API server is down" 120 condition_is geocache sessions Degraded True
-  http PUT "http://$eu:8080/v1/keys/during-outage" '{"ok":true}' >/dev/null || fail "PUT during the outage"
-  wait_for "replication to cluster 3 goes on without its API server" 30 reads "http://$ap:8080/v1/keys/during-outage" '{"ok":true}'
+  http PUT "$eu/v1/keys/during-outage" '{"ok":true}' >/dev/null || fail "PUT during the outage"
+  wait_for "replication to cluster 3 goes on without its API server" 30 reads "$ap/v1/keys/during-outage" '{"ok":true}'
   "$here/up.sh" 3 "$current_dir"
   wait_for "the GeoCache recovers when cluster 3 returns" 120 condition_is geocache sessions Degraded False
   wait_for "and is ready again" 60 gc_ready geocache sessions 3/3
@@ -397,6 +412,7 @@ scenario_three() {
   K="$c2" wait_for "cluster 2 is cleaned" 120 none_left geocache sessions
   K="$c3" wait_for "cluster 3 is cleaned" 120 none_left geocache sessions
   wait_for "the GeoCache is gone" 60 eval 'test -z "$(k get geocache sessions -n geocache -o name 2>/dev/null)"'
+  CURL_TLS=()
   down
   current_dir=""
 }

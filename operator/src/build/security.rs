@@ -127,13 +127,43 @@ impl std::fmt::Debug for RegionCert {
 }
 
 /// The Secret of a region's peer certificate.
-pub fn build_peer_tls_secret(
+/// The DNS names of a region's client-port certificate: its client Service under every
+/// name a client in the cluster may use, and its pods' stable names.
+pub fn client_dns_names(plan: &Plan, region: &RegionPlan) -> Vec<String> {
+    let (ns, domain, names) = (&plan.namespace, &region.cluster_domain, &region.names);
+    vec![
+        names.base.clone(),
+        format!("{}.{ns}", names.base),
+        format!("{}.{ns}.svc", names.base),
+        format!("{}.{ns}.svc.{domain}", names.base),
+        format!("*.{}.{ns}.svc.{domain}", names.peers),
+    ]
+}
+
+/// The ConfigMap that publishes the CA clients trust (`ca.crt`), in the region's namespace.
+pub fn build_client_ca_config_map(
     plan: &Plan,
     region: &RegionPlan,
+    ca_pem: &str,
+    owner: Option<&OwnerReference>,
+) -> k8s_openapi::api::core::v1::ConfigMap {
+    k8s_openapi::api::core::v1::ConfigMap {
+        metadata: metadata(plan, region, &region.names.client_ca, owner),
+        data: Some(BTreeMap::from([("ca.crt".to_string(), ca_pem.to_string())])),
+        ..Default::default()
+    }
+}
+
+/// A region's certificate Secret `name` (`tls.crt`, `tls.key`, `ca.crt`), annotated with
+/// what decides its renewal.
+pub fn build_tls_secret(
+    plan: &Plan,
+    region: &RegionPlan,
+    name: &str,
     cert: &RegionCert,
     owner: Option<&OwnerReference>,
 ) -> Secret {
-    let mut meta = metadata(plan, region, &region.names.peer_tls, owner);
+    let mut meta = metadata(plan, region, name, owner);
     meta.annotations = Some(BTreeMap::from([
         (NOT_AFTER_ANNOTATION.to_string(), cert.not_after.to_string()),
         (CA_ANNOTATION.to_string(), fingerprint(&cert.ca_pem)),
@@ -199,32 +229,48 @@ pub fn renewal_reason(existing: Option<&Secret>, ca_pem: &str, dns_names: &[Stri
 }
 
 /// The cert-manager Certificate that fills a region's peer certificate Secret.
+/// What a cert-manager Certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertPurpose {
+    /// Mutual TLS between nodes (`<base>-peer`, identity URI, server and client auth).
+    Peer,
+    /// The client ports (`<base>-client`, server auth).
+    Client,
+}
+
 pub fn build_certificate(
     plan: &Plan,
     region: &RegionPlan,
     issuer: &IssuerRef,
     dns_names: &[String],
+    purpose: CertPurpose,
     owner: Option<&OwnerReference>,
 ) -> DynamicObject {
     let gvk = GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate");
     let resource = ApiResource::from_gvk_with_plural(&gvk, "certificates");
-    let name = format!("{}-peer", region.names.base);
+    let (suffix, secret_name) = match purpose {
+        CertPurpose::Peer => ("peer", &region.names.peer_tls),
+        CertPurpose::Client => ("client", &region.names.client_tls),
+    };
+    let name = format!("{}-{suffix}", region.names.base);
     let mut object = DynamicObject::new(&name, &resource).within(&plan.namespace);
     object.metadata.labels = Some(crate::names::labels(&plan.instance, &region.name));
     object.metadata.owner_references = owner.map(|o| vec![o.clone()]);
-    object.data = serde_json::json!({
-        "spec": {
-            "secretName": region.names.peer_tls,
-            "duration": format!("{}h", CERT_VALIDITY.as_secs() / 3600),
-            "renewBefore": format!("{}h", RENEW_BEFORE.as_secs() / 3600),
-            "commonName": format!("geocache-{}", region.name),
-            "dnsNames": dns_names,
-            "uris": [geocache_node::security::cert::region_uri(&region.name)],
-            "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
-            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
-            "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
-        }
+    let mut spec = serde_json::json!({
+        "secretName": secret_name,
+        "duration": format!("{}h", CERT_VALIDITY.as_secs() / 3600),
+        "renewBefore": format!("{}h", RENEW_BEFORE.as_secs() / 3600),
+        "commonName": format!("geocache-{}", region.name),
+        "dnsNames": dns_names,
+        "usages": ["digital signature", "key encipherment", "server auth"],
+        "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+        "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
     });
+    if purpose == CertPurpose::Peer {
+        spec["uris"] = serde_json::json!([geocache_node::security::cert::region_uri(&region.name)]);
+        spec["usages"] = serde_json::json!(["digital signature", "key encipherment", "server auth", "client auth"]);
+    }
+    object.data = serde_json::json!({ "spec": spec });
     object
 }
 
@@ -320,7 +366,7 @@ mod tests {
         let dns = region_dns_names(&plan, eu, None);
         let now = 1_000_000_000;
         let fresh = now + CERT_VALIDITY.as_secs() as i64;
-        let secret = build_peer_tls_secret(&plan, eu, &cert("CA1", &dns, fresh), Some(&owner()));
+        let secret = build_tls_secret(&plan, eu, &eu.names.peer_tls, &cert("CA1", &dns, fresh), Some(&owner()));
         assert_eq!(renewal_reason(None, "CA1", &dns, now), Some("missing"));
         assert_eq!(renewal_reason(Some(&secret), "CA1", &dns, now), None);
         assert_eq!(renewal_reason(Some(&secret), "CA2", &dns, now), Some("signed by another ca"));
@@ -337,7 +383,7 @@ mod tests {
         let new = "-----BEGIN CERTIFICATE-----\nNEW\n-----END CERTIFICATE-----\n";
         let mut previous = cert(old, &[], 5);
         previous.trusted_pem = format!("{old}{old}");
-        let existing = build_peer_tls_secret(&plan, eu, &previous, None);
+        let existing = build_tls_secret(&plan, eu, &eu.names.peer_tls, &previous, None);
         let reason = renewal_reason(Some(&existing), new, &[], 0).unwrap();
         let trusted = trusted_cas(reason, Some(&existing), new);
         assert_eq!(trusted.matches("BEGIN CERTIFICATE").count(), 2);
@@ -349,7 +395,7 @@ mod tests {
     fn the_peer_tls_secret_holds_the_certificate_key_and_ca_of_its_region() {
         let plan = two_region_plan();
         let us = &plan.regions[1];
-        let s = build_peer_tls_secret(&plan, us, &cert("CA", &[], 5), None);
+        let s = build_tls_secret(&plan, us, &us.names.peer_tls, &cert("CA", &[], 5), None);
         assert_eq!(s.metadata.name.as_deref(), Some("cache-us-peer-tls"));
         assert_eq!(s.metadata.labels.as_ref().unwrap()["geocache.dev/region"], "us");
         let data = s.data.unwrap();
@@ -363,7 +409,7 @@ mod tests {
         let eu = &plan.regions[0];
         let issuer =
             IssuerRef { name: "fleet-ca".into(), kind: "ClusterIssuer".into(), group: "cert-manager.io".into() };
-        let c = build_certificate(&plan, eu, &issuer, &["a.example".to_string()], None);
+        let c = build_certificate(&plan, eu, &issuer, &["a.example".to_string()], CertPurpose::Peer, None);
         assert_eq!(c.metadata.name.as_deref(), Some("cache-eu-peer"));
         assert_eq!(c.types.as_ref().unwrap().api_version, "cert-manager.io/v1");
         let spec = &c.data["spec"];
@@ -371,6 +417,33 @@ mod tests {
         assert_eq!(spec["uris"][0], "geocache://eu/*");
         assert_eq!(spec["issuerRef"]["kind"], "ClusterIssuer");
         assert!(spec["usages"].as_array().unwrap().iter().any(|u| u == "client auth"));
+    }
+
+    #[test]
+    fn a_client_certificate_names_the_client_service_and_the_pods_and_serves_only() {
+        let plan = two_region_plan();
+        let eu = &plan.regions[0];
+        let names = client_dns_names(&plan, eu);
+        assert_eq!(
+            names,
+            vec![
+                "cache-eu",
+                "cache-eu.default",
+                "cache-eu.default.svc",
+                "cache-eu.default.svc.cluster.local",
+                "*.cache-eu-peers.default.svc.cluster.local",
+            ]
+        );
+        let issuer = IssuerRef { name: "ca".into(), kind: "Issuer".into(), group: "cert-manager.io".into() };
+        let c = build_certificate(&plan, eu, &issuer, &names, CertPurpose::Client, None);
+        assert_eq!(c.metadata.name.as_deref(), Some("cache-eu-client"));
+        let spec = &c.data["spec"];
+        assert_eq!(spec["secretName"], "cache-eu-client-tls");
+        assert!(spec.get("uris").is_none(), "no peer identity on a client certificate");
+        assert!(!spec["usages"].as_array().unwrap().iter().any(|u| u == "client auth"));
+        let ca = build_client_ca_config_map(&plan, eu, "PEM", None);
+        assert_eq!(ca.metadata.name.as_deref(), Some("cache-eu-ca"));
+        assert_eq!(ca.data.unwrap()["ca.crt"], "PEM");
     }
 
     #[test]

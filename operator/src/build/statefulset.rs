@@ -17,8 +17,8 @@ use kube::api::ObjectMeta;
 
 use super::metadata;
 use crate::names::{
-    CLIENT_AUTH_DIR, DATA_DIR, HTTP_PORT, PASSWORDS_KEY, PEER_PORT, PEER_TLS_DIR, PEERS_DIR, PEERS_FILE_KEY, RESP_PORT,
-    labels, selector_labels,
+    CLIENT_AUTH_DIR, CLIENT_TLS_DIR, DATA_DIR, HTTP_PORT, PASSWORDS_KEY, PEER_PORT, PEER_TLS_DIR, PEERS_DIR,
+    PEERS_FILE_KEY, RESP_PORT, labels, selector_labels,
 };
 use crate::validate::{Plan, RegionPlan};
 
@@ -30,6 +30,7 @@ const DATA_VOLUME: &str = "data";
 const TMP_VOLUME: &str = "tmp";
 const PEER_TLS_VOLUME: &str = "peer-tls";
 const CLIENT_AUTH_VOLUME: &str = "client-auth";
+const CLIENT_TLS_VOLUME: &str = "client-tls";
 /// Secret files readable by the node's group only.
 const SECRET_MODE: i32 = 0o440;
 
@@ -86,6 +87,9 @@ pub fn build_statefulset(plan: &Plan, region: &RegionPlan, owner: Option<&OwnerR
     if plan.security.client_auth.is_some() {
         secret(CLIENT_AUTH_VOLUME, &names.client_auth, CLIENT_AUTH_DIR);
     }
+    if plan.security.client_tls {
+        secret(CLIENT_TLS_VOLUME, &names.client_tls, CLIENT_TLS_DIR);
+    }
     let claim_templates = region.storage.as_ref().map(|storage| {
         mounts.push(VolumeMount { name: DATA_VOLUME.into(), mount_path: DATA_DIR.into(), ..VolumeMount::default() });
         vec![PersistentVolumeClaim {
@@ -118,9 +122,9 @@ pub fn build_statefulset(plan: &Plan, region: &RegionPlan, owner: Option<&OwnerR
             container_port("peer", PEER_PORT),
         ]),
         resources: Some(region.resources.clone()),
-        liveness_probe: Some(http_probe("/healthz", 10, 6)),
-        readiness_probe: Some(http_probe("/readyz", 5, 3)),
-        startup_probe: Some(Probe { initial_delay_seconds: Some(1), ..http_probe("/healthz", 2, 60) }),
+        liveness_probe: Some(http_probe(plan, "/healthz", 10, 6)),
+        readiness_probe: Some(http_probe(plan, "/readyz", 5, 3)),
+        startup_probe: Some(Probe { initial_delay_seconds: Some(1), ..http_probe(plan, "/healthz", 2, 60) }),
         volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -224,6 +228,10 @@ fn node_env(plan: &Plan, region: &RegionPlan) -> Vec<EnvVar> {
     if plan.security.client_auth.is_some() {
         env.push(env_var("GEOCACHE_AUTH_FILE", &format!("{CLIENT_AUTH_DIR}/{PASSWORDS_KEY}")));
     }
+    if plan.security.client_tls {
+        env.push(env_var("GEOCACHE_TLS_CERT", &format!("{CLIENT_TLS_DIR}/tls.crt")));
+        env.push(env_var("GEOCACHE_TLS_KEY", &format!("{CLIENT_TLS_DIR}/tls.key")));
+    }
     env
 }
 
@@ -235,11 +243,14 @@ fn container_port(name: &str, port: i32) -> ContainerPort {
     ContainerPort { name: Some(name.into()), container_port: port, protocol: Some("TCP".into()), ..Default::default() }
 }
 
-fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+/// A probe of the HTTP port (over TLS when the client ports use it; the kubelet does not
+/// verify the certificate of a probe).
+fn http_probe(plan: &Plan, path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String("http".into()),
+            scheme: plan.security.client_tls.then(|| "HTTPS".into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period_seconds),
@@ -376,6 +387,27 @@ mod tests {
         assert!(
             mounts.iter().filter(|m| m.name.contains('-')).all(|m| m.read_only == Some(true) && m.sub_path.is_none())
         );
+    }
+
+    #[test]
+    fn with_client_tls_the_nodes_serve_their_certificate_and_are_probed_over_https() {
+        let mut gc = geocache("cache", vec![region("eu")]);
+        let plain = eu_statefulset(&plan_of(&gc));
+        let probe = |sts: &StatefulSet| {
+            let c = &sts.spec.template.spec.as_ref().unwrap().containers[0];
+            c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().scheme.clone()
+        };
+        assert_eq!(probe(&plain), None, "plain HTTP by default");
+        assert!(!env_of(&plain).contains_key("GEOCACHE_TLS_CERT"));
+        gc.spec.security.client_tls.enabled = true;
+        let sts = eu_statefulset(&plan_of(&gc));
+        let env = env_of(&sts);
+        assert_eq!(env["GEOCACHE_TLS_CERT"], "/etc/geocache-client-tls/tls.crt");
+        assert_eq!(env["GEOCACHE_TLS_KEY"], "/etc/geocache-client-tls/tls.key");
+        assert_eq!(probe(&sts).as_deref(), Some("HTTPS"));
+        let pod = sts.spec.template.spec.unwrap();
+        let volume = pod.volumes.unwrap().into_iter().find(|v| v.name == "client-tls").unwrap();
+        assert_eq!(volume.secret.unwrap().secret_name.as_deref(), Some("cache-eu-client-tls"));
     }
 
     #[test]

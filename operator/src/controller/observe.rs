@@ -24,9 +24,11 @@ pub async fn list_pods(client: &Client, plan: &Plan, region: &RegionPlan) -> Res
         .map_err(|source| ApplyError::List { kind: "Pod", source })
 }
 
-/// The path of a node's status document through the API server's pod proxy.
-pub fn status_path(namespace: &str, pod: &str) -> String {
-    format!("/api/v1/namespaces/{namespace}/pods/{pod}:{HTTP_PORT}/proxy/v1/status")
+/// The path of a node's status document through the API server's pod proxy (which speaks
+/// HTTPS to the pod when `tls`; it does not verify the pod's certificate).
+pub fn status_path(namespace: &str, pod: &str, tls: bool) -> String {
+    let scheme = if tls { "https:" } else { "" };
+    format!("/api/v1/namespaces/{namespace}/pods/{scheme}{pod}:{HTTP_PORT}/proxy/v1/status")
 }
 
 fn is_ready(pod: &Pod) -> bool {
@@ -47,10 +49,11 @@ pub async fn node_statuses(
     namespace: &str,
     pods: &[Pod],
     password: Option<&str>,
+    tls: bool,
     timeout: Duration,
 ) -> Vec<Result<StatusDocument, String>> {
     let asks = pods.iter().filter(|p| is_ready(p)).filter_map(|p| p.metadata.name.clone()).map(|pod| async move {
-        let mut request = http::Request::get(status_path(namespace, &pod));
+        let mut request = http::Request::get(status_path(namespace, &pod, tls));
         if let Some(password) = password {
             request = request.header(PASSWORD_HEADER, format!("Bearer {password}"));
         }
@@ -75,6 +78,13 @@ mod tests {
 
     #[test]
     fn node_status_is_read_through_the_pod_proxy_on_the_http_port() {
-        assert_eq!(status_path("prod", "cache-eu-0"), "/api/v1/namespaces/prod/pods/cache-eu-0:8080/proxy/v1/status");
+        assert_eq!(
+            status_path("prod", "cache-eu-0", false),
+            "/api/v1/namespaces/prod/pods/cache-eu-0:8080/proxy/v1/status"
+        );
+        assert_eq!(
+            status_path("prod", "cache-eu-0", true),
+            "/api/v1/namespaces/prod/pods/https:cache-eu-0:8080/proxy/v1/status"
+        );
     }
 }

@@ -243,11 +243,12 @@ async fn apply(gc: Arc<GeoCache>, ctx: &Context) -> Result<Action, Error> {
     let namespace = plan.namespace.as_str();
     let password = prepared.status_password();
     let password = password.as_deref();
+    let tls = plan.security.client_tls;
     let node_reports = join_all(plan.regions.iter().map(|region| {
         let run = runs.get(&region.name);
         async move {
             match run.and_then(|r| r.client.as_ref().filter(|_| r.error.is_none()).map(|c| (c, &r.pods))) {
-                Some((client, pods)) => node_statuses(client, namespace, pods, password, timeout).await,
+                Some((client, pods)) => node_statuses(client, namespace, pods, password, tls, timeout).await,
                 None => Vec::new(),
             }
         }

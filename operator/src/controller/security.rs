@@ -12,9 +12,9 @@ use kube::{Api, Client};
 
 use super::apply::apply_object;
 use crate::build::security::{
-    CA_VALIDITY, CERT_VALIDITY, RegionCert, build_ca_secret, build_certificate, build_client_auth_secret,
-    build_generated_password_secret, build_peer_tls_secret, ca_name, ca_of, certificate_resource, first_password,
-    region_dns_names, renewal_reason, trusted_cas,
+    CA_VALIDITY, CERT_VALIDITY, CertPurpose, RegionCert, build_ca_secret, build_certificate, build_client_auth_secret,
+    build_client_ca_config_map, build_generated_password_secret, build_tls_secret, ca_name, ca_of,
+    certificate_resource, client_dns_names, first_password, region_dns_names, renewal_reason, trusted_cas,
 };
 use crate::crd::FIELD_MANAGER;
 use crate::error::{ApplyError, Error, SecurityError};
@@ -111,8 +111,8 @@ pub async fn prepare(client: &Client, plan: &Plan, owner: Option<&OwnerReference
     Ok(Prepared { ca, passwords })
 }
 
-/// Applies a region's certificate (issued again only when needed) and passwords in the
-/// region's cluster.
+/// Applies a region's certificates (issued again only when needed), the CA its clients
+/// trust, and its passwords in the region's cluster.
 pub async fn apply_region(
     client: &Client,
     plan: &Plan,
@@ -122,47 +122,90 @@ pub async fn apply_region(
     owner: Option<&OwnerReference>,
 ) -> Result<(), Error> {
     let ns = &plan.namespace;
-    let dns_names = region_dns_names(plan, region, endpoint);
-    match (&plan.security.peer_tls, &prepared.ca) {
-        (Some(PeerTlsPlan::OperatorCa), Some(ca)) => {
-            let existing = get_secret(client, ns, &region.names.peer_tls).await?;
-            if let Some(reason) = renewal_reason(existing.as_ref(), ca.cert_pem(), &dns_names, now_s()) {
-                let issued = ca
-                    .issue(&LeafSpec {
-                        common_name: format!("geocache-{}", region.name),
-                        dns_names: dns_names.clone(),
-                        uris: vec![geocache_node::security::cert::region_uri(&region.name)],
-                        valid_for: CERT_VALIDITY,
-                        ..LeafSpec::default()
-                    })
-                    .map_err(SecurityError::from)?;
-                let cert = RegionCert {
-                    cert_pem: issued.cert_pem,
-                    key_pem: issued.key_pem,
-                    ca_pem: ca.cert_pem().to_string(),
-                    trusted_pem: trusted_cas(reason, existing.as_ref(), ca.cert_pem()),
-                    not_after: issued.not_after,
-                    dns_names,
-                };
-                apply_object(client, ns, &build_peer_tls_secret(plan, region, &cert, owner)).await?;
-                tracing::info!(
-                    instance = %plan.instance, region = %region.name, reason, not_after = cert.not_after,
-                    "issued the region's peer certificate"
-                );
+    let peer_names = region_dns_names(plan, region, endpoint);
+    let client_names = client_dns_names(plan, region);
+    let mut certs = vec![(CertPurpose::Peer, &region.names.peer_tls, peer_names)];
+    if plan.security.client_tls {
+        certs.push((CertPurpose::Client, &region.names.client_tls, client_names));
+    }
+    for (purpose, secret, dns_names) in certs {
+        match (&plan.security.peer_tls, &prepared.ca) {
+            (Some(PeerTlsPlan::OperatorCa), Some(ca)) => {
+                ensure_issued(client, plan, region, ca, purpose, secret, dns_names, owner).await?;
             }
+            (Some(PeerTlsPlan::CertManager(issuer)), _) => {
+                let certificate = build_certificate(plan, region, issuer, &dns_names, purpose, owner);
+                let api: Api<kube::api::DynamicObject> =
+                    Api::namespaced_with(client.clone(), ns, &certificate_resource());
+                let name = certificate.metadata.name.clone().unwrap_or_default();
+                api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&certificate))
+                    .await
+                    .map_err(|source| ApplyError::Apply { kind: "Certificate", name, source })?;
+            }
+            _ => {}
         }
-        (Some(PeerTlsPlan::CertManager(issuer)), _) => {
-            let certificate = build_certificate(plan, region, issuer, &dns_names, owner);
-            let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &certificate_resource());
-            let name = certificate.metadata.name.clone().unwrap_or_default();
-            api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&certificate))
-                .await
-                .map_err(|source| ApplyError::Apply { kind: "Certificate", name, source })?;
+    }
+    if plan.security.client_tls {
+        // The CA clients trust: the operator's, or the one cert-manager put in the Secret.
+        let ca_pem = match &prepared.ca {
+            Some(ca) => Some(ca.cert_pem().to_string()),
+            None => get_secret(client, ns, &region.names.client_tls)
+                .await?
+                .and_then(|s| s.data?.get("ca.crt").and_then(|b| String::from_utf8(b.0.clone()).ok())),
+        };
+        if let Some(ca_pem) = ca_pem {
+            apply_object(client, ns, &build_client_ca_config_map(plan, region, &ca_pem, owner)).await?;
         }
-        _ => {}
     }
     if let Some(passwords) = &prepared.passwords {
         apply_object(client, ns, &build_client_auth_secret(plan, region, passwords, owner)).await?;
     }
+    Ok(())
+}
+
+/// Issues the region's certificate of `purpose` into Secret `secret` with the operator's
+/// CA, when it is missing, from another CA, for other names or about to expire.
+#[allow(clippy::too_many_arguments)]
+async fn ensure_issued(
+    client: &Client,
+    plan: &Plan,
+    region: &RegionPlan,
+    ca: &Authority,
+    purpose: CertPurpose,
+    secret: &str,
+    dns_names: Vec<String>,
+    owner: Option<&OwnerReference>,
+) -> Result<(), Error> {
+    let ns = &plan.namespace;
+    let existing = get_secret(client, ns, secret).await?;
+    let Some(reason) = renewal_reason(existing.as_ref(), ca.cert_pem(), &dns_names, now_s()) else {
+        return Ok(());
+    };
+    let uris = match purpose {
+        CertPurpose::Peer => vec![geocache_node::security::cert::region_uri(&region.name)],
+        CertPurpose::Client => Vec::new(),
+    };
+    let issued = ca
+        .issue(&LeafSpec {
+            common_name: format!("geocache-{}", region.name),
+            dns_names: dns_names.clone(),
+            uris,
+            valid_for: CERT_VALIDITY,
+            ..LeafSpec::default()
+        })
+        .map_err(SecurityError::from)?;
+    let cert = RegionCert {
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+        ca_pem: ca.cert_pem().to_string(),
+        trusted_pem: trusted_cas(reason, existing.as_ref(), ca.cert_pem()),
+        not_after: issued.not_after,
+        dns_names,
+    };
+    apply_object(client, ns, &build_tls_secret(plan, region, secret, &cert, owner)).await?;
+    tracing::info!(
+        instance = %plan.instance, region = %region.name, ?purpose, reason, not_after = cert.not_after,
+        "issued the region's certificate"
+    );
     Ok(())
 }

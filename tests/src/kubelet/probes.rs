@@ -1,5 +1,6 @@
-//! Container probes, as the kubelet runs them: HTTP GET (a status in 200..400 passes) or a
-//! TCP connect, with the probe's timeout, period and thresholds.
+//! Container probes, as the kubelet runs them: HTTP GET (a status in 200..400 passes; over
+//! TLS for `scheme: HTTPS`, without verifying the certificate, as the kubelet does) or a TCP
+//! connect, with the probe's timeout, period and thresholds.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -75,21 +76,17 @@ pub async fn run(container: &Container, probe: &Probe, ip: Ipv4Addr) -> bool {
         if let Some(get) = &probe.http_get {
             let port = resolve_port(container, &get.port)?;
             let path = get.path.as_deref().unwrap_or("/");
-            let mut stream = TcpStream::connect(SocketAddr::from((ip, port))).await.ok()?;
+            let stream = TcpStream::connect(SocketAddr::from((ip, port))).await.ok()?;
             let request = format!(
                 "GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nUser-Agent: kube-probe/1.37\r\nConnection: close\r\n\r\n"
             );
-            stream.write_all(request.as_bytes()).await.ok()?;
-            let mut head = [0u8; 16];
-            let mut n = 0;
-            while n < 12 {
-                let read = stream.read(&mut head[n..]).await.ok()?;
-                if read == 0 {
-                    break;
-                }
-                n += read;
-            }
-            let status: u16 = std::str::from_utf8(head.get(9..12)?).ok()?.parse().ok()?;
+            let status = if get.scheme.as_deref() == Some("HTTPS") {
+                let name = rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::V4(ip).into());
+                let tls = tokio_rustls::TlsConnector::from(insecure_tls()?).connect(name, stream).await.ok()?;
+                http_status(tls, &request).await?
+            } else {
+                http_status(stream, &request).await?
+            };
             Some((200..400).contains(&status))
         } else if let Some(tcp) = &probe.tcp_socket {
             let port = resolve_port(container, &tcp.port)?;
@@ -99,6 +96,80 @@ pub async fn run(container: &Container, probe: &Probe, ip: Ipv4Addr) -> bool {
         }
     };
     matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+}
+
+/// Sends `request` and reads the status code of the answer.
+async fn http_status<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    request: &str,
+) -> Option<u16> {
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = [0u8; 16];
+    let mut n = 0;
+    while n < 12 {
+        let read = stream.read(&mut head[n..]).await.ok()?;
+        if read == 0 {
+            break;
+        }
+        n += read;
+    }
+    std::str::from_utf8(head.get(9..12)?).ok()?.parse().ok()
+}
+
+/// A TLS client that accepts any certificate (what the kubelet does for HTTPS probes).
+fn insecure_tls() -> Option<std::sync::Arc<rustls::ClientConfig>> {
+    static CONFIG: std::sync::OnceLock<Option<std::sync::Arc<rustls::ClientConfig>>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .ok()?;
+            let config = builder
+                .dangerous()
+                .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            Some(std::sync::Arc::new(config))
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 #[cfg(test)]
@@ -145,5 +216,50 @@ mod tests {
         assert!(run(&container, &get, Ipv4Addr::LOCALHOST).await);
         assert!(!run(&container, &get, Ipv4Addr::LOCALHOST).await);
         assert!(!run(&container, &get, Ipv4Addr::LOCALHOST).await, "nobody listens any more");
+    }
+
+    #[tokio::test]
+    async fn an_https_probe_passes_whatever_certificate_the_server_has() {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let ca = geocache_node::security::pki::Authority::generate("probe test", Duration::from_secs(3600)).unwrap();
+        let leaf = ca
+            .issue(&geocache_node::security::pki::LeafSpec {
+                common_name: "elsewhere".into(),
+                dns_names: vec!["elsewhere.example".into()],
+                valid_for: Duration::from_secs(3600),
+                ..Default::default()
+            })
+            .unwrap();
+        let certs = vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut s = acceptor.accept(s).await.unwrap();
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+            let _ = s.shutdown().await;
+        });
+        let get = |scheme: &str| Probe {
+            http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction {
+                path: Some("/readyz".into()),
+                port: IntOrString::Int(i32::from(port)),
+                scheme: Some(scheme.into()),
+                ..Default::default()
+            }),
+            ..Probe::default()
+        };
+        assert!(run(&Container::default(), &get("HTTPS"), Ipv4Addr::LOCALHOST).await);
     }
 }
