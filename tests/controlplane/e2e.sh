@@ -100,8 +100,8 @@ on_exit() {
 }
 trap on_exit EXIT
 
-log "building the operator (cargo build)"
-cargo build --locked -q -p geocache-operator --bin geocache-operator
+log "building the operator, the node and the test kubelet (cargo build)"
+cargo build --locked -q --workspace --bins
 operator_bin="${CARGO_TARGET_DIR:-$repo/target}/debug/geocache-operator"
 
 start_operator() { # kubeconfig, [lease namespace: run as the chart does, with leader election]
@@ -163,6 +163,13 @@ reads() { # url, expected body
 sts_ready() { # namespace, name, replicas
   [ "$(jsonpath "statefulset/$2" '{.status.readyReplicas}' "$1")" = "$3" ] &&
     [ "$(jsonpath "statefulset/$2" '{.status.replicas}' "$1")" = "$3" ]
+}
+sts_rolled() { # namespace, name, replicas: every pod runs the newest revision and is ready
+  local status
+  status="$(jsonpath "statefulset/$2" '{.status.updateRevision}={.status.currentRevision} {.status.updatedReplicas}/{.status.readyReplicas}' "$1")"
+  local revisions=${status% *} counts=${status#* }
+  [ "${revisions%=*}" = "${revisions#*=}" ] && [ "$counts" = "$3/$3" ] &&
+    [ "$(jsonpath "statefulset/$2" '{.status.observedGeneration}' "$1")" = "$(jsonpath "statefulset/$2" '{.metadata.generation}' "$1")" ]
 }
 gc_ready() { # namespace, name, "ready" column value
   [ "$(jsonpath "geocache/$2" '{.status.ready}' "$1")" = "$3" ] &&
@@ -297,6 +304,20 @@ scenario_one() {
   after="$(resource_versions default demo)"
   [ "$before" = "$after" ] || fail "the restarted operator changed objects: $(diff <(echo "$before") <(echo "$after"))"
   pass "a restarted operator leaves every object as it was ($(wc -l <<<"$before") objects)"
+
+  # A change of the nodes' settings rolls through the StatefulSets one pod at a time; no
+  # data is lost (each restarted node catches up from its peers).
+  k patch geocache demo --type merge -p '{"spec":{"maxMemory":"200mb"}}' >/dev/null
+  wait_for "the operator puts the new maxMemory in the eu StatefulSet" 60 \
+    eval 'test "$(jsonpath statefulset/demo-eu "{.spec.template.spec.containers[0].env[?(@.name==\"GEOCACHE_MAX_MEMORY\")].value}")" = 200mb'
+  wait_for "the new maxMemory rolls out to every eu node" 180 sts_rolled default demo-eu 3
+  [ "$(jsonpath pod/demo-eu-2 '{.spec.containers[0].env[?(@.name=="GEOCACHE_MAX_MEMORY")].value}')" = 200mb ] ||
+    fail "demo-eu-2 does not run with the new maxMemory"
+  local pod
+  for pod in demo-eu-0 demo-eu-1 demo-eu-2; do
+    wait_for "$pod still has the document after the rolling update" 30 \
+      eval 'reads "http://$(pod_ip default $pod):8080/v1/keys/greeting" "{\"hello\":\"world\"}"'
+  done
 
   # Removing a region cleans it up.
   k patch geocache demo --type json -p '[{"op":"remove","path":"/spec/regions/1"}]' >/dev/null

@@ -26,8 +26,8 @@ mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 bin="$("$here/build.sh")"
 repo="$(cd "$here/../.." && pwd)"
-echo "building geocache-node and test-kubelet (cargo build)" >&2
-(cd "$repo" && cargo build --locked -q -p geocache-node --bin geocache-node -p geocache-tests --bin test-kubelet)
+echo "building geocache-node and test-kubelet (cargo build --workspace --bins)" >&2
+(cd "$repo" && cargo build --locked -q --workspace --bins)
 target="${CARGO_TARGET_DIR:-$repo/target}/debug"
 
 wait_ready() { # kubeconfig, name
