@@ -47,6 +47,25 @@ pub fn prepare_host() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Names of pods' network namespaces: `gcpod<kubelet pid>-<address in hex>`. The files in
+/// `/run/netns` are shared with every other network namespace of the machine, hence the pid.
+pub const NETNS_PREFIX: &str = "gcpod";
+
+/// Deletes the pod namespaces left behind by test kubelets that are gone (killed before
+/// they could clean up).
+pub fn delete_orphaned_namespaces() {
+    for entry in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(NETNS_PREFIX).and_then(|rest| rest.split_once('-')).map(|(pid, _)| pid)
+        else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = ip(&["netns", "del", &name]);
+        }
+    }
+}
+
 /// The network of one pod: its namespace, the host end of its veth pair, its address.
 #[derive(Debug, Clone)]
 pub struct PodNetwork {
@@ -64,7 +83,11 @@ impl PodNetwork {
     /// Creates the namespace and the veth pair, gives the pod `address` and a default
     /// route to [`GATEWAY`], and routes `address` to the pod on the host.
     pub fn create(index: u32, address: Ipv4Addr) -> anyhow::Result<PodNetwork> {
-        let network = PodNetwork { netns: format!("gcpod-{index}"), host_veth: format!("gch{index}"), address };
+        let network = PodNetwork {
+            netns: format!("{NETNS_PREFIX}{}-{index:08x}", std::process::id()),
+            host_veth: format!("gch{index:08x}"),
+            address,
+        };
         let peer = format!("gcp{index}");
         let ns = network.netns.as_str();
         let addr = format!("{address}/32");

@@ -119,7 +119,7 @@ struct PodRuntime {
 /// Runs the pods bound to this node until `shutdown`; then stops them all.
 pub async fn run(client: Client, config: PodsConfig, mut shutdown: watch::Receiver<bool>) {
     let mut kubelet = Kubelet { client, config, pods: HashMap::new(), next_address: 2, terminating: HashMap::new() };
-    kubelet.clean_leftovers();
+    super::network::delete_orphaned_namespaces();
     let mut last_storage = Instant::now() - Duration::from_secs(60);
     loop {
         if last_storage.elapsed() >= Duration::from_secs(1) {
@@ -159,17 +159,6 @@ struct Kubelet {
 }
 
 impl Kubelet {
-    /// Removes the network namespaces a previous run of this kubelet left behind.
-    fn clean_leftovers(&self) {
-        let prefix = format!("gcpod-{:02x}{:02x}", self.config.pod_prefix[0], self.config.pod_prefix[1]);
-        for entry in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&prefix) {
-                let _ = super::network::ip(&["netns", "del", &name]);
-            }
-        }
-    }
-
     async fn sync(&mut self) -> anyhow::Result<()> {
         let api: Api<Pod> = Api::all(self.client.clone());
         let list = api.list(&ListParams::default().fields(&format!("spec.nodeName={}", self.config.node))).await?;
