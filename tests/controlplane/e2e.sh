@@ -184,9 +184,13 @@ none_left() { # namespace, instance
 }
 pod_ip() { jsonpath "pod/$2" '{.status.podIP}' "$1"; }
 pod_restarts() { jsonpath "pod/$2" '{.status.containerStatuses[0].restartCount}' "$1"; }
-resource_versions() { # namespace, instance
-  k get statefulsets,services,configmaps,poddisruptionbudgets,secrets -n "$1" -l "app.kubernetes.io/instance=$2" \
-    -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}={.metadata.resourceVersion}{"\n"}{end}' | sort
+resource_versions() { # namespace, instance: what the operator writes (not what controllers put in status)
+  {
+    k get statefulsets,poddisruptionbudgets -n "$1" -l "app.kubernetes.io/instance=$2" \
+      -o jsonpath='{range .items[*]}{.kind}/{.metadata.name} generation {.metadata.generation}{"\n"}{end}'
+    k get services,configmaps,secrets -n "$1" -l "app.kubernetes.io/instance=$2" \
+      -o jsonpath='{range .items[*]}{.kind}/{.metadata.name} version {.metadata.resourceVersion}{"\n"}{end}'
+  } | sort
 }
 
 # --- one cluster ----------------------------------------------------------------------------
