@@ -110,10 +110,16 @@ pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
             let store_ref = &store;
             // Recovery runs before anything else is scheduled, so blocking here is fine.
             let now = clock::now_ms();
-            let (persist, report) = Persist::open(persist_config, origins.clone(), metrics.clone(), |record| {
-                max_hlc = max_hlc.max(record.version.hlc);
-                store_ref.apply(record, now);
-            })?;
+            let (persist, report) = Persist::open(
+                persist_config,
+                origins.clone(),
+                metrics.clone(),
+                |entries| store_ref.reserve(entries),
+                |record| {
+                    max_hlc = max_hlc.max(record.version.hlc);
+                    store_ref.apply(record, now);
+                },
+            )?;
             log_recovery(&report);
             (Some(Arc::new(persist)), report.positions)
         }

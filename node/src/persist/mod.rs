@@ -17,7 +17,8 @@
 //!   (through a temporary file, fsync, rename), and deletes the segments before `<id>`.
 //!   Records carry their versions and apply is last-writer-wins, so writes that land
 //!   in both the snapshot and the new segment are harmless.
-//! - **Recovery.** [`Persist::open`] loads the newest snapshot, then replays the
+//! - **Recovery.** [`Persist::open`] sizes the store for the newest snapshot's entries
+//!   (counted in its header), loads it, then replays the
 //!   segments after it. A torn or corrupt record (bad length, bad checksum) ends the
 //!   replay of its file: it is reported, the file is truncated there, and nothing after
 //!   it in that file is trusted. Expired entries are not restored.
@@ -42,7 +43,11 @@ use crate::store::{Origin, OriginId, OriginTable, RecordRef, Store};
 pub type Lsn = u64;
 
 const SEGMENT_MAGIC: &[u8; 8] = b"GCLOG001";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"GCSNAP01";
+/// Snapshot header: magic, first segment (u64), record count (u64), positions length
+/// (u32), positions. The count lets recovery size the store once instead of growing it.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"GCSNAP02";
+/// The first snapshot format: the same header without the record count (still read).
+const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"GCSNAP01";
 /// Ends a snapshot: a record header with length 0 (no real record is empty).
 const SNAPSHOT_END: &[u8; 8] = &[0, 0, 0, 0, b'G', b'C', b'E', b'N'];
 
@@ -301,6 +306,7 @@ impl Persist {
         config: PersistConfig,
         origins: Arc<OriginTable>,
         metrics: Arc<Metrics>,
+        reserve: impl FnOnce(u64),
         mut apply: impl FnMut(RecordRef<'_>),
     ) -> Result<(Persist, RecoveryReport), PersistError> {
         let started = Instant::now();
@@ -343,19 +349,34 @@ impl Persist {
             let read_err = |source| PersistError::Read { path: path.clone(), source };
             let mut file = File::open(&path).map_err(read_err)?;
             snapshot_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-            let mut header = [0u8; 20];
-            let got = read_full(&mut file, &mut header).map_err(read_err)?;
-            let mut positions_bytes = Vec::new();
-            let header_ok = got == header.len() && &header[..8] == SNAPSHOT_MAGIC && {
-                let len = u32::from_le_bytes([header[16], header[17], header[18], header[19]]) as usize;
-                positions_bytes.resize(len.min(record::MAX_PAYLOAD), 0);
-                read_full(&mut file, &mut positions_bytes).map_err(read_err)? == len
+            let mut header = [0u8; 28];
+            let got = read_full(&mut file, &mut header[..8]).map_err(read_err)?;
+            // v2 counts its records; v1 (the same without the count) is still read.
+            let (header_len, counted) = match &header[..8] {
+                m if got == 8 && m == SNAPSHOT_MAGIC => (28, true),
+                m if got == 8 && m == SNAPSHOT_MAGIC_V1 => (20, false),
+                _ => (0, false),
             };
+            let mut positions_bytes = Vec::new();
+            let header_ok = header_len > 0
+                && read_full(&mut file, &mut header[8..header_len]).map_err(read_err)? == header_len - 8
+                && {
+                    let at = header_len - 4;
+                    let len = u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]) as usize;
+                    positions_bytes.resize(len.min(record::MAX_PAYLOAD), 0);
+                    read_full(&mut file, &mut positions_bytes).map_err(read_err)? == len
+                };
             match header_ok.then(|| Positions::decode(&positions_bytes)) {
                 Some(Ok((p, _))) => {
                     first_segment = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+                    if counted {
+                        // The header has no checksum: never believe more records than
+                        // the file could hold (each takes well over 16 bytes).
+                        let count = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default());
+                        reserve(count.min(snapshot_bytes / 16));
+                    }
                     positions = p;
-                    let start = 20 + positions_bytes.len() as u64;
+                    let start = (header_len + positions_bytes.len()) as u64;
                     let (n, corruption) =
                         replay_file(&path, file, start, &origins, &local.node_id, true, &mut positions, &mut apply)?;
                     report.snapshot_records = n;
@@ -615,9 +636,11 @@ impl Persist {
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let mut encoded_positions = Vec::new();
         positions.encode(&mut encoded_positions);
-        let mut header = Vec::with_capacity(20 + encoded_positions.len());
+        let mut header = Vec::with_capacity(28 + encoded_positions.len());
         header.extend_from_slice(SNAPSHOT_MAGIC);
         header.extend_from_slice(&segment.to_le_bytes());
+        // The record count, written once known (below).
+        header.extend_from_slice(&0u64.to_le_bytes());
         header.extend_from_slice(&(encoded_positions.len() as u32).to_le_bytes());
         header.extend_from_slice(&encoded_positions);
         out.write_all(&header).map_err(snap_err)?;
@@ -640,6 +663,7 @@ impl Persist {
         }
         out.write_all(SNAPSHOT_END).map_err(snap_err)?;
         let file = out.into_inner().map_err(|e| snap_err(e.into_error()))?;
+        std::os::unix::fs::FileExt::write_all_at(&file, &records.to_le_bytes(), 16).map_err(snap_err)?;
         file.sync_all().map_err(snap_err)?;
         let snapshot_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
         drop(file);

@@ -17,9 +17,15 @@ fn open(dir: &Path, fsync: FsyncPolicy, compact_min_bytes: u64) -> Opened {
     let store = Store::new(StoreConfig::default(), origins.clone());
     let config = PersistConfig { dir: dir.to_path_buf(), fsync, compact_min_bytes };
     let now = clock::now_ms();
-    let (persist, report) = Persist::open(config, origins, metrics.clone(), |r| {
-        store.apply(r, now);
-    })
+    let (persist, report) = Persist::open(
+        config,
+        origins,
+        metrics.clone(),
+        |n| store.reserve(n),
+        |r| {
+            store.apply(r, now);
+        },
+    )
     .unwrap();
     let local = Origin { node_id: "eu-0".into(), region: "eu".into() };
     let stream = StreamId::new("eu-0", clock::now_ms());
@@ -189,6 +195,82 @@ async fn a_snapshot_without_its_end_marker_is_reported() {
     assert_eq!(o.db.store().len(), 2);
 }
 
+fn snapshot_file(dir: &Path) -> PathBuf {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "gcsnap"))
+        .unwrap()
+}
+
+/// Opens `dir` and returns how many entries recovery reserved room for.
+fn reserved_on_open(dir: &Path) -> (Option<u64>, usize) {
+    let origins = Arc::new(OriginTable::new(Origin { node_id: "eu-0".into(), region: "eu".into() }));
+    let store = Store::new(StoreConfig::default(), origins.clone());
+    let config = PersistConfig { dir: dir.to_path_buf(), fsync: FsyncPolicy::EverySecond, compact_min_bytes: 1 << 30 };
+    let mut reserved = None;
+    let now = clock::now_ms();
+    let opened = Persist::open(
+        config,
+        origins,
+        Arc::new(Metrics::default()),
+        |n| reserved = Some(n),
+        |r| {
+            store.apply(r, now);
+        },
+    );
+    drop(opened.unwrap());
+    (reserved, store.len())
+}
+
+#[tokio::test]
+async fn a_snapshot_counts_its_entries_so_recovery_sizes_the_store_once() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let o = open(dir.path(), FsyncPolicy::EverySecond, 1);
+        for i in 0..50 {
+            put(&o.db, &format!("k{i}"), "1", Expiry::Never).await;
+        }
+        o.db.compact().unwrap().unwrap();
+    }
+    assert_eq!(reserved_on_open(dir.path()), (Some(50), 50));
+
+    // A damaged count is never believed beyond what the file could hold.
+    let snap = snapshot_file(dir.path());
+    let len = fs::metadata(&snap).unwrap().len();
+    std::os::unix::fs::FileExt::write_all_at(
+        &File::options().write(true).open(&snap).unwrap(),
+        &u64::MAX.to_le_bytes(),
+        16,
+    )
+    .unwrap();
+    let (reserved, entries) = reserved_on_open(dir.path());
+    assert_eq!(reserved, Some(len / 16));
+    assert_eq!(entries, 50);
+}
+
+#[tokio::test]
+async fn a_snapshot_of_the_first_format_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let o = open(dir.path(), FsyncPolicy::EverySecond, 1);
+        put(&o.db, "a", "1", Expiry::Never).await;
+        put(&o.db, "b", "2", Expiry::Never).await;
+        o.db.compact().unwrap().unwrap();
+    }
+    // Rewrite it as v1: the same header without the record count.
+    let snap = snapshot_file(dir.path());
+    let bytes = fs::read(&snap).unwrap();
+    let mut v1 = Vec::new();
+    v1.extend_from_slice(SNAPSHOT_MAGIC_V1);
+    v1.extend_from_slice(&bytes[8..16]);
+    v1.extend_from_slice(&bytes[24..]);
+    fs::write(&snap, v1).unwrap();
+    let (reserved, entries) = reserved_on_open(dir.path());
+    assert_eq!(reserved, None, "a v1 snapshot has no count");
+    assert_eq!(entries, 2);
+}
+
 #[tokio::test]
 async fn always_fsync_syncs_before_acknowledging() {
     let dir = tempfile::tempdir().unwrap();
@@ -205,6 +287,6 @@ fn a_data_dir_cannot_be_opened_twice() {
     let _first = open(dir.path(), FsyncPolicy::EverySecond, 1 << 30);
     let origins = Arc::new(OriginTable::new(Origin { node_id: "eu-1".into(), region: "eu".into() }));
     let config = PersistConfig { dir: dir.path().to_path_buf(), fsync: FsyncPolicy::EverySecond, compact_min_bytes: 1 };
-    let second = Persist::open(config, origins, Arc::new(Metrics::default()), |_| {});
+    let second = Persist::open(config, origins, Arc::new(Metrics::default()), |_| {}, |_| {});
     assert!(matches!(second, Err(PersistError::Locked { .. })));
 }

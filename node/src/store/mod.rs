@@ -328,6 +328,20 @@ impl Store {
         self.shards.len()
     }
 
+    /// Makes room for `entries` more entries in all (spread evenly over the shards, with
+    /// a margin for uneven spread), so that loading them does not grow and rehash the
+    /// index step by step. Recovery calls it with the snapshot's record count.
+    pub fn reserve(&self, entries: u64) {
+        let per_shard = usize::try_from(entries / self.shards.len() as u64).unwrap_or(usize::MAX);
+        let per_shard = per_shard.saturating_add(per_shard / 16).saturating_add(16);
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let Shard { index, slots, .. } = &mut *shard;
+            slots.reserve(per_shard);
+            index.reserve(per_shard, |&i| self.hasher.hash_one(slots[i as usize].key()));
+        }
+    }
+
     fn locate(&self, key: &str) -> (u64, &Mutex<Shard>) {
         let hash = self.hasher.hash_one(key.as_bytes());
         // The shard comes from bits the hash table does not use for small tables
