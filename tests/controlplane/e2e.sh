@@ -101,7 +101,7 @@ on_exit() {
 trap on_exit EXIT
 
 log "building the operator, the node and the test kubelet (cargo build)"
-cargo build --locked -q --workspace --bins
+cargo build --locked -q --workspace --all-targets
 operator_bin="${CARGO_TARGET_DIR:-$repo/target}/debug/geocache-operator"
 
 start_operator() { # kubeconfig, [lease namespace: run as the chart does, with leader election]

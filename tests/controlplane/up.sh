@@ -26,8 +26,8 @@ mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 bin="$("$here/build.sh")"
 repo="$(cd "$here/../.." && pwd)"
-echo "building geocache-node and test-kubelet (cargo build --workspace --bins)" >&2
-(cd "$repo" && cargo build --locked -q --workspace --bins)
+echo "building geocache-node and test-kubelet (cargo build --workspace --all-targets, as cargo test builds them)" >&2
+(cd "$repo" && cargo build --locked -q --workspace --all-targets)
 target="${CARGO_TARGET_DIR:-$repo/target}/debug"
 
 wait_ready() { # kubeconfig, name
