@@ -101,7 +101,8 @@ pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
     );
     let limits = Limits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
 
-    let mut max_hlc = 0;
+    // The newest version recovered (loader threads raise it; writes are rare once it is high).
+    let max_hlc = std::sync::atomic::AtomicU64::new(0);
     let (persist, positions) = match &config.data_dir {
         None => (None, Positions::new()),
         Some(dir) => {
@@ -116,7 +117,9 @@ pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
                 metrics.clone(),
                 |entries| store_ref.reserve(entries),
                 |record| {
-                    max_hlc = max_hlc.max(record.version.hlc);
+                    if record.version.hlc > max_hlc.load(std::sync::atomic::Ordering::Relaxed) {
+                        max_hlc.fetch_max(record.version.hlc, std::sync::atomic::Ordering::Relaxed);
+                    }
                     store_ref.apply(record, now);
                 },
             )?;
@@ -127,7 +130,7 @@ pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
     // Versions made after a restart order after the ones recovered; every start
     // opens a new stream, so no sequence number is ever reused.
     let hlc = Hlc::new();
-    hlc.advance_to(max_hlc);
+    hlc.advance_to(max_hlc.into_inner());
     let stream = StreamId::new(config.node_id.as_str(), hlc.now());
     let journal = Journal::new(stream, local, persist, positions, Some(config.backlog_bytes));
     let db = Db::new(store, hlc, limits, journal, metrics);

@@ -17,8 +17,11 @@
 //!   (through a temporary file, fsync, rename), and deletes the segments before `<id>`.
 //!   Records carry their versions and apply is last-writer-wins, so writes that land
 //!   in both the snapshot and the new segment are harmless.
+//!   A snapshot is written shard by shard and ends with an index of where each shard's
+//!   records start (checksummed, after the end marker).
 //! - **Recovery.** [`Persist::open`] sizes the store for the newest snapshot's entries
-//!   (counted in its header), loads it, then replays the
+//!   (counted in its header), loads it — its shards on one thread per core, each thread
+//!   a run of consecutive shards, so they never contend for a shard — then replays the
 //!   segments after it. A torn or corrupt record (bad length, bad checksum) ends the
 //!   replay of its file: it is reported, the file is truncated there, and nothing after
 //!   it in that file is trusted. Expired entries are not restored.
@@ -26,7 +29,7 @@
 pub mod record;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -245,10 +248,27 @@ fn replay_file(
     local_node: &str,
     expect_end_marker: bool,
     positions: &mut Positions,
-    apply: &mut impl FnMut(RecordRef<'_>),
+    apply: &impl Fn(RecordRef<'_>),
 ) -> Result<(u64, Option<Corruption>), PersistError> {
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut reader = RecordReader::new(io::BufReader::with_capacity(1 << 20, file), start);
+    replay_records(path, file, start, file_len, origins, local_node, expect_end_marker, positions, apply)
+}
+
+/// Replays the records `input` holds, which starts at byte `start` of the file at `path`
+/// and ends at `end` (for the report of a corruption).
+#[allow(clippy::too_many_arguments)]
+fn replay_records(
+    path: &Path,
+    input: impl Read,
+    start: u64,
+    file_len: u64,
+    origins: &OriginTable,
+    local_node: &str,
+    expect_end_marker: bool,
+    positions: &mut Positions,
+    apply: &impl Fn(RecordRef<'_>),
+) -> Result<(u64, Option<Corruption>), PersistError> {
+    let mut reader = RecordReader::new(io::BufReader::with_capacity(1 << 20, input), start);
     let mut count = 0;
     let read_err = |source| PersistError::Read { path: path.to_path_buf(), source };
     loop {
@@ -299,6 +319,126 @@ fn replay_file(
     }
 }
 
+/// Ends the index of a snapshot's shards, after the end marker: `offset (u64) × n`, `n
+/// (u32)`, CRC-32 of those (u32), this magic. Readers that do not know it stop at the end
+/// marker; those that do load the shards' byte ranges in parallel.
+const SNAPSHOT_INDEX_MAGIC: &[u8; 8] = b"GCIDX001";
+
+/// The byte ranges of a snapshot's records, one per shard (in file order), from the index
+/// after its end marker; `None` when there is none or it does not check out (then the
+/// records are read in one pass, as always).
+fn read_shard_index(file: &mut File, records_start: u64, file_len: u64) -> io::Result<Option<Vec<(u64, u64)>>> {
+    let Some(tail_at) = file_len.checked_sub(16) else { return Ok(None) };
+    let mut tail = [0u8; 16];
+    file.seek(io::SeekFrom::Start(tail_at))?;
+    if read_full(file, &mut tail)? != 16 || &tail[8..] != SNAPSHOT_INDEX_MAGIC {
+        return Ok(None);
+    }
+    let n = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as u64;
+    let crc = u32::from_le_bytes([tail[4], tail[5], tail[6], tail[7]]);
+    let Some(offsets_at) = n.checked_mul(8).and_then(|len| tail_at.checked_sub(len)) else { return Ok(None) };
+    if n == 0 || n > 1 << 16 {
+        return Ok(None);
+    }
+    let mut offsets = vec![0u8; (n * 8) as usize];
+    file.seek(io::SeekFrom::Start(offsets_at))?;
+    if read_full(file, &mut offsets)? != offsets.len() {
+        return Ok(None);
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&offsets);
+    hasher.update(&tail[..4]);
+    if hasher.finalize() != crc {
+        return Ok(None);
+    }
+    // The end marker sits right before the index.
+    let Some(end_marker_at) = offsets_at.checked_sub(SNAPSHOT_END.len() as u64) else { return Ok(None) };
+    let mut marker = [0u8; 8];
+    file.seek(io::SeekFrom::Start(end_marker_at))?;
+    if read_full(file, &mut marker)? != 8 || &marker != SNAPSHOT_END {
+        return Ok(None);
+    }
+    let starts: Vec<u64> =
+        offsets.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
+    let ordered = starts.first() == Some(&records_start)
+        && starts.windows(2).all(|w| w[0] <= w[1])
+        && starts.last().is_some_and(|&last| last <= end_marker_at);
+    if !ordered {
+        return Ok(None);
+    }
+    let ends = starts.iter().skip(1).copied().chain(std::iter::once(end_marker_at));
+    Ok(Some(starts.iter().copied().zip(ends).collect()))
+}
+
+/// Loads a snapshot's shard ranges on several threads (one group of consecutive ranges
+/// each, of about the same size). Each range is a whole sequence of records, so a thread
+/// reads its part as if it were a file of its own.
+fn load_ranges(
+    path: &Path,
+    ranges: &[(u64, u64)],
+    origins: &OriginTable,
+    local_node: &str,
+    positions: &mut Positions,
+    apply: &(impl Fn(RecordRef<'_>) + Sync),
+) -> Result<(u64, Vec<Corruption>), PersistError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let total: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+    let per_thread = total.div_ceil(threads as u64).max(1);
+    // Consecutive shards per thread, about the same number of bytes each.
+    let mut groups: Vec<&[(u64, u64)]> = Vec::new();
+    let (mut first, mut bytes) = (0, 0);
+    for (i, (start, end)) in ranges.iter().enumerate() {
+        bytes += end - start;
+        if bytes >= per_thread || i + 1 == ranges.len() {
+            groups.push(&ranges[first..=i]);
+            (first, bytes) = (i + 1, 0);
+        }
+    }
+    type Loaded = (u64, Vec<Corruption>, Positions);
+    let results: Vec<Result<Loaded, PersistError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = groups
+            .iter()
+            .map(|&group| {
+                scope.spawn(move || {
+                    let read_err = |source| PersistError::Read { path: path.to_path_buf(), source };
+                    let mut file = File::open(path).map_err(read_err)?;
+                    let (mut records, mut corruptions, mut found) = (0, Vec::new(), Positions::new());
+                    // Shard by shard: a damaged record costs the rest of its shard only.
+                    for &(start, end) in group {
+                        file.seek(io::SeekFrom::Start(start)).map_err(read_err)?;
+                        let input = (&mut file).take(end - start);
+                        let (n, c) =
+                            replay_records(path, input, start, end, origins, local_node, false, &mut found, apply)?;
+                        records += n;
+                        corruptions.extend(c);
+                    }
+                    Ok((records, corruptions, found))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(PersistError::Read {
+                        path: path.to_path_buf(),
+                        source: io::Error::other("loader thread panicked"),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut records = 0;
+    let mut corruptions = Vec::new();
+    for result in results {
+        let (n, found_corruptions, found) = result?;
+        records += n;
+        positions.merge_max(&found);
+        corruptions.extend(found_corruptions);
+    }
+    Ok((records, corruptions))
+}
+
 impl Persist {
     /// Opens (creating it if needed) the data directory, replays what it holds through
     /// `apply`, and starts a new log segment.
@@ -307,7 +447,7 @@ impl Persist {
         origins: Arc<OriginTable>,
         metrics: Arc<Metrics>,
         reserve: impl FnOnce(u64),
-        mut apply: impl FnMut(RecordRef<'_>),
+        apply: impl Fn(RecordRef<'_>) + Sync,
     ) -> Result<(Persist, RecoveryReport), PersistError> {
         let started = Instant::now();
         let dir = config.dir.clone();
@@ -377,12 +517,28 @@ impl Persist {
                     }
                     positions = p;
                     let start = (header_len + positions_bytes.len()) as u64;
-                    let (n, corruption) =
-                        replay_file(&path, file, start, &origins, &local.node_id, true, &mut positions, &mut apply)?;
+                    let ranges = read_shard_index(&mut file, start, snapshot_bytes).map_err(read_err)?;
+                    let (n, corruptions) = match ranges {
+                        Some(ranges) if ranges.len() > 1 => {
+                            load_ranges(&path, &ranges, &origins, &local.node_id, &mut positions, &apply)?
+                        }
+                        _ => {
+                            file.seek(io::SeekFrom::Start(start)).map_err(read_err)?;
+                            let (n, c) = replay_file(
+                                &path,
+                                file,
+                                start,
+                                &origins,
+                                &local.node_id,
+                                true,
+                                &mut positions,
+                                &apply,
+                            )?;
+                            (n, c.into_iter().collect())
+                        }
+                    };
                     report.snapshot_records = n;
-                    if let Some(c) = corruption {
-                        report.corruptions.push(c);
-                    }
+                    report.corruptions.extend(corruptions);
                 }
                 _ => report.corruptions.push(Corruption {
                     file: path.clone(),
@@ -415,7 +571,7 @@ impl Persist {
                 })
             } else {
                 let (n, corruption) =
-                    replay_file(&path, file, 8, &origins, &local.node_id, false, &mut positions, &mut apply)?;
+                    replay_file(&path, file, 8, &origins, &local.node_id, false, &mut positions, &apply)?;
                 report.log_records += n;
                 corruption
             };
@@ -644,6 +800,8 @@ impl Persist {
         header.extend_from_slice(&(encoded_positions.len() as u32).to_le_bytes());
         header.extend_from_slice(&encoded_positions);
         out.write_all(&header).map_err(snap_err)?;
+        let mut written = header.len() as u64;
+        let mut shard_starts: Vec<u8> = Vec::with_capacity(store.shard_count() * 8);
         let now = clock::now_ms();
         let mut records = 0u64;
         let mut buf = Vec::with_capacity(1 << 20);
@@ -659,9 +817,19 @@ impl Persist {
                 record::encode(&mut buf, 0, 0, origin, rec);
                 records += 1;
             });
+            shard_starts.extend_from_slice(&written.to_le_bytes());
             out.write_all(&buf).map_err(snap_err)?;
+            written += buf.len() as u64;
         }
         out.write_all(SNAPSHOT_END).map_err(snap_err)?;
+        let count = ((shard_starts.len() / 8) as u32).to_le_bytes();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&shard_starts);
+        crc.update(&count);
+        out.write_all(&shard_starts).map_err(snap_err)?;
+        out.write_all(&count).map_err(snap_err)?;
+        out.write_all(&crc.finalize().to_le_bytes()).map_err(snap_err)?;
+        out.write_all(SNAPSHOT_INDEX_MAGIC).map_err(snap_err)?;
         let file = out.into_inner().map_err(|e| snap_err(e.into_error()))?;
         std::os::unix::fs::FileExt::write_all_at(&file, &records.to_le_bytes(), 16).map_err(snap_err)?;
         file.sync_all().map_err(snap_err)?;

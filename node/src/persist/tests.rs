@@ -187,8 +187,10 @@ async fn a_snapshot_without_its_end_marker_is_reported() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "gcsnap"))
         .unwrap();
-    let len = fs::metadata(&snap).unwrap().len();
-    OpenOptions::new().write(true).open(&snap).unwrap().set_len(len - 8).unwrap();
+    // Cut the file right before its end marker (which the shard index follows).
+    let bytes = fs::read(&snap).unwrap();
+    let end_marker = bytes.windows(8).rposition(|w| w == SNAPSHOT_END).unwrap();
+    OpenOptions::new().write(true).open(&snap).unwrap().set_len(end_marker as u64).unwrap();
     let o = open(dir.path(), FsyncPolicy::EverySecond, 1);
     assert_eq!(o.report.corruptions.len(), 1);
     assert!(o.report.corruptions[0].reason.contains("end marker"));
@@ -247,6 +249,65 @@ async fn a_snapshot_counts_its_entries_so_recovery_sizes_the_store_once() {
     let (reserved, entries) = reserved_on_open(dir.path());
     assert_eq!(reserved, Some(len / 16));
     assert_eq!(entries, 50);
+}
+
+/// A data dir with a snapshot of `n` keys `k<i>` (value `<i>`).
+async fn snapshot_of(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let o = open(dir.path(), FsyncPolicy::EverySecond, 1);
+    for i in 0..n {
+        put(&o.db, &format!("k{i}"), &i.to_string(), Expiry::Never).await;
+    }
+    o.db.compact().unwrap().unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_snapshot_loads_its_shards_in_parallel_with_every_entry() {
+    let dir = snapshot_of(2000).await;
+    let snap = snapshot_file(dir.path());
+    let mut file = File::open(&snap).unwrap();
+    let len = file.metadata().unwrap().len();
+    let bytes = fs::read(&snap).unwrap();
+    let positions_len = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as u64;
+    let ranges = read_shard_index(&mut file, 28 + positions_len, len).unwrap().expect("an index of the shards");
+    assert_eq!(ranges.len(), StoreConfig::default().shards.next_power_of_two());
+    let o = open(dir.path(), FsyncPolicy::EverySecond, 1 << 30);
+    assert!(o.report.corruptions.is_empty(), "{:?}", o.report.corruptions);
+    assert_eq!(o.report.snapshot_records, 2000);
+    assert_eq!(o.db.store().len(), 2000);
+    for i in [0, 999, 1999] {
+        assert_eq!(value(&o.db, &format!("k{i}")), Some(i.to_string()));
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_shard_index_falls_back_to_reading_the_snapshot_in_one_pass() {
+    let dir = snapshot_of(500).await;
+    let snap = snapshot_file(dir.path());
+    let mut bytes = fs::read(&snap).unwrap();
+    let at = bytes.len() - 16 - 8; // inside the last offset of the index
+    bytes[at] ^= 0x40;
+    fs::write(&snap, &bytes).unwrap();
+    let o = open(dir.path(), FsyncPolicy::EverySecond, 1 << 30);
+    assert!(o.report.corruptions.is_empty(), "{:?}", o.report.corruptions);
+    assert_eq!(o.db.store().len(), 500);
+}
+
+#[tokio::test]
+async fn a_damaged_record_loses_only_the_rest_of_its_shard_and_is_reported() {
+    let dir = snapshot_of(2000).await;
+    let snap = snapshot_file(dir.path());
+    let mut bytes = fs::read(&snap).unwrap();
+    let positions_len = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
+    let first_record = 28 + positions_len;
+    bytes[first_record + 12] ^= 0xff; // in the first record of the first shard
+    fs::write(&snap, &bytes).unwrap();
+    let o = open(dir.path(), FsyncPolicy::EverySecond, 1 << 30);
+    assert_eq!(o.report.corruptions.len(), 1, "{:?}", o.report.corruptions);
+    assert_eq!(o.report.corruptions[0].offset, first_record as u64);
+    let loaded = o.db.store().len();
+    assert!(loaded < 2000 && loaded > 1800, "only the first shard's entries are lost: {loaded}");
 }
 
 #[tokio::test]
