@@ -314,7 +314,6 @@ impl Kubelet {
                 target: mapped.entrypoint.clone().into(),
                 read_only: true,
             });
-            let env_base = resolve_env(&self.client, &runtime.pod, &runtime.container).await?;
             let network = match runtime.network.clone() {
                 Some(network) => network,
                 None => {
@@ -329,7 +328,9 @@ impl Kubelet {
                 }
             };
             let runtime = self.pods.get_mut(uid).ok_or_else(|| anyhow!("pod vanished"))?;
-            let spec = container_spec(&self.config, runtime, &mapped, &network, binds, env_base)?;
+            let addresses = (network.address, self.config.node_address);
+            let env = resolve_env(&self.client, &runtime.pod, &runtime.container, addresses).await?;
+            let spec = container_spec(runtime, &mapped, &network, binds, env)?;
             let etc = etc_files(&self.config, &runtime.pod, network.address);
             let etc: Vec<(&str, String)> = etc.iter().map(|(k, v)| (*k, v.clone())).collect();
             runtime::prepare_rootfs(&spec.rootfs, &spec.binds, &etc)?;
@@ -546,8 +547,14 @@ pub fn expand(text: &str, env: &BTreeMap<String, String>) -> String {
     out
 }
 
-/// The container's environment, in order, with `valueFrom` resolved and `$(VAR)` expanded.
-async fn resolve_env(client: &Client, pod: &Pod, container: &Container) -> anyhow::Result<Vec<(String, String)>> {
+/// The container's environment, in order, with `valueFrom` resolved (`status.podIP` and
+/// `status.hostIP` from `addresses`: the pod's and the node's) and `$(VAR)` expanded.
+async fn resolve_env(
+    client: &Client,
+    pod: &Pod,
+    container: &Container,
+    addresses: (Ipv4Addr, Ipv4Addr),
+) -> anyhow::Result<Vec<(String, String)>> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut env: Vec<(String, String)> = Vec::new();
     let mut defined: BTreeMap<String, String> = BTreeMap::new();
@@ -574,7 +581,8 @@ async fn resolve_env(client: &Client, pod: &Pod, container: &Container) -> anyho
             (Some(value), _) => expand(value, &defined),
             (None, Some(from)) => {
                 if let Some(field) = &from.field_ref {
-                    field_value(pod, &field.field_path).ok_or_else(|| anyhow!("env {name}: unknown field"))?
+                    field_value(pod, &field.field_path, addresses)
+                        .ok_or_else(|| anyhow!("env {name}: field {} is not known here", field.field_path))?
                 } else if let Some(key) = &from.secret_key_ref {
                     let secret = Api::<Secret>::namespaced(client.clone(), namespace).get(&key.name).await?;
                     let bytes = secret.data.and_then(|mut d| d.remove(&key.key));
@@ -599,15 +607,15 @@ async fn resolve_env(client: &Client, pod: &Pod, container: &Container) -> anyho
     Ok(env)
 }
 
-fn field_value(pod: &Pod, path: &str) -> Option<String> {
-    let status = pod.status.as_ref();
+fn field_value(pod: &Pod, path: &str, (pod_ip, host_ip): (Ipv4Addr, Ipv4Addr)) -> Option<String> {
     match path {
+        "status.podIP" | "status.podIPs" => Some(pod_ip.to_string()),
+        "status.hostIP" | "status.hostIPs" => Some(host_ip.to_string()),
         "metadata.name" => pod.metadata.name.clone(),
         "metadata.namespace" => pod.metadata.namespace.clone(),
         "metadata.uid" => pod.metadata.uid.clone(),
         "spec.nodeName" => pod.spec.as_ref()?.node_name.clone(),
         "spec.serviceAccountName" => pod.spec.as_ref()?.service_account_name.clone(),
-        "status.hostIP" => status?.host_ip.clone(),
         _ => {
             let label = path.strip_prefix("metadata.labels['")?.strip_suffix("']")?;
             pod.metadata.labels.as_ref()?.get(label).cloned()
@@ -616,18 +624,12 @@ fn field_value(pod: &Pod, path: &str) -> Option<String> {
 }
 
 fn container_spec(
-    config: &PodsConfig,
     runtime: &PodRuntime,
     image: &Image,
     network: &PodNetwork,
     binds: Vec<Bind>,
     mut env: Vec<(String, String)>,
 ) -> anyhow::Result<ContainerSpec> {
-    for (name, value) in env.iter_mut() {
-        if name == "POD_IP" && value.is_empty() {
-            *value = network.address.to_string();
-        }
-    }
     let defined: BTreeMap<String, String> = env.iter().cloned().collect();
     let container = &runtime.container;
     let command: Vec<String> = container.command.iter().flatten().map(|c| expand(c, &defined)).collect();
@@ -647,7 +649,6 @@ fn container_spec(
     groups.push(gid);
     fs::create_dir_all(&runtime.dir)?;
     env.push(("HOSTNAME".into(), runtime.pod.metadata.name.clone().unwrap_or_default()));
-    let _ = &config.node;
     Ok(ContainerSpec {
         program,
         args,
@@ -773,6 +774,26 @@ mod tests {
         assert_eq!(expand("$(POD_NAME).peers:7946", &env), "demo-eu-0.peers:7946");
         assert_eq!(expand("$$(POD_NAME)", &env), "$(POD_NAME)");
         assert_eq!(expand("$(UNKNOWN) $", &env), "$(UNKNOWN) $");
+    }
+
+    #[test]
+    fn downward_api_fields_resolve_from_the_pod_and_its_addresses() {
+        let pod = Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some("demo-eu-0".into()),
+                namespace: Some("prod".into()),
+                labels: Some([("geocache.dev/region".to_string(), "eu".to_string())].into()),
+                ..Default::default()
+            },
+            ..Pod::default()
+        };
+        let addresses = (Ipv4Addr::new(10, 11, 0, 5), Ipv4Addr::new(127, 60, 1, 1));
+        assert_eq!(field_value(&pod, "metadata.name", addresses).as_deref(), Some("demo-eu-0"));
+        assert_eq!(field_value(&pod, "metadata.namespace", addresses).as_deref(), Some("prod"));
+        assert_eq!(field_value(&pod, "status.podIP", addresses).as_deref(), Some("10.11.0.5"));
+        assert_eq!(field_value(&pod, "status.hostIP", addresses).as_deref(), Some("127.60.1.1"));
+        assert_eq!(field_value(&pod, "metadata.labels['geocache.dev/region']", addresses).as_deref(), Some("eu"));
+        assert_eq!(field_value(&pod, "spec.unknown", addresses), None);
     }
 
     #[test]
