@@ -4,6 +4,7 @@
 # first with one cluster, then with three. Exit status 0 only when every check passed.
 #   usage: tests/controlplane/e2e.sh            (as root; it makes its own network namespace)
 # Env: GEOCACHE_E2E_DIR (work directory; default a new one under /tmp, removed on success),
+#      GEOCACHE_E2E_TIMEOUT (hard bound in seconds, default 1800),
 #      GEOCACHE_E2E_ONLY=one|three (run one scenario), GEOCACHE_E2E_KEEP=1 (keep the clusters
 #      running at the end, for a look around: tests/controlplane/netns.sh is then needed to
 #      reach them... so rather keep the directory and read the logs).
@@ -89,6 +90,7 @@ down() {
 
 on_exit() {
   local status=$?
+  kill "$watchdog" 2>/dev/null || true
   if [ $status -ne 0 ]; then dump; fi
   if [ "${GEOCACHE_E2E_KEEP:-}" != "1" ]; then down; fi
   if [ $status -eq 0 ] && [ -z "${GEOCACHE_E2E_DIR:-}" ]; then rm -rf "$work"; fi
@@ -99,6 +101,13 @@ on_exit() {
   fi
 }
 trap on_exit EXIT
+# A hard bound on the whole tier: past it, stop and clean up like any failure. Every kubectl
+# call has a request timeout, so the script always gets to run its traps.
+timeout_s="${GEOCACHE_E2E_TIMEOUT:-1800}"
+(sleep "$timeout_s" && kill -TERM $$) 2>/dev/null &
+watchdog=$!
+trap 'log "timed out after ${timeout_s}s"; exit 124' TERM INT
+kubectl() { command kubectl --request-timeout=30s "$@"; }
 
 log "building the operator, the node and the test kubelet (cargo build)"
 cargo build --locked -q --workspace --all-targets
@@ -328,7 +337,7 @@ scenario_one() {
   wait_for "region us is removed (no StatefulSet, Services, ConfigMap, pods)" 120 \
     eval 'test -z "$(k get statefulsets,services,configmaps,pods -l app.kubernetes.io/instance=demo,geocache.dev/region=us -o name)"'
   wait_for "the eu peers file no longer lists us" 60 \
-    sh -c "! kubectl --kubeconfig '$K' get configmap demo-eu-peers -o jsonpath='{.data.peers\.json}' | grep -q '\"us\"'"
+    eval '! jsonpath configmap/demo-eu-peers "{.data.peers\.json}" | grep -q "\"us\""'
   wait_for "the GeoCache is ready with 1/1 region" 60 gc_ready default demo 1/1
 
   # Deleting the GeoCache cleans everything.

@@ -41,6 +41,8 @@ wait_ready() { # kubeconfig, name
   done
 }
 
+kubectl() { command kubectl --request-timeout=20s "$@"; }
+
 running() { # pid file
   [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
 }
