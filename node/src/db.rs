@@ -242,6 +242,38 @@ impl Db {
         })
     }
 
+    /// Writes several keys at once (Redis MSET): no reader on this node sees some of the
+    /// new values without the others (other nodes receive them as one batch, applied one by
+    /// one). Every key and value is checked first; nothing is written when one is invalid.
+    pub fn put_many(
+        &self,
+        entries: Vec<(&str, Value)>,
+        expires_at: Option<u64>,
+    ) -> Result<Vec<Written<PutOutcome>>, DbError> {
+        for (key, value) in &entries {
+            self.check_key(key)?;
+            self.check_value(value.len())?;
+        }
+        let now = clock::now_ms();
+        let entries: Vec<(&str, Value, Option<u64>)> = entries.into_iter().map(|(k, v)| (k, v, expires_at)).collect();
+        let journal = &self.journal;
+        let written = self.store.put_many(
+            &entries,
+            now,
+            || Version { hlc: self.clock.now(), origin: OriginId::LOCAL },
+            |record| journal.append_local(record, now),
+        );
+        Ok(written
+            .into_iter()
+            .map(|(created, version, appended)| Written {
+                reply: PutOutcome { created, expires_at },
+                version: Some(version),
+                seq: Some(appended.seq),
+                lsn: appended.lsn,
+            })
+            .collect())
+    }
+
     /// Deletes `key` (writes a tombstone); the reply says whether there was an entry.
     pub fn delete(&self, key: &str) -> Result<Written<bool>, DbError> {
         self.update(key, |current| match current {

@@ -434,6 +434,60 @@ impl Store {
         Ok((reply, Some((version, committed))))
     }
 
+    /// Writes every `(key, value, expires_at)` of `entries` at once: the shards of all the
+    /// keys are locked together (in shard order, the only place more than one shard lock is
+    /// held, so no two callers can wait for each other), every entry is written and
+    /// committed, then they are all released — no reader sees some of the new values without
+    /// the others. A key given twice ends with its last value. Returns, per entry, whether
+    /// the key was absent before and what `commit` returned.
+    pub fn put_many<C>(
+        &self,
+        entries: &[(&str, Value, Option<u64>)],
+        now_ms: u64,
+        mut stamp: impl FnMut() -> Version,
+        mut commit: impl FnMut(RecordRef<'_>) -> C,
+    ) -> Vec<(bool, Version, C)> {
+        let located: Vec<(u64, usize)> = entries
+            .iter()
+            .map(|(key, _, _)| {
+                let hash = self.hasher.hash_one(key.as_bytes());
+                (hash, ((hash >> 32) as usize) & self.shard_mask)
+            })
+            .collect();
+        let mut order: Vec<usize> = located.iter().map(|&(_, shard)| shard).collect();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: Vec<(usize, parking_lot::MutexGuard<'_, Shard>)> =
+            order.iter().map(|&i| (i, self.shards[i].lock())).collect();
+        let mut out = Vec::with_capacity(entries.len());
+        for ((key, value, expires_at), &(hash, shard)) in entries.iter().zip(&located) {
+            let Ok(g) = guards.binary_search_by_key(&shard, |(i, _)| *i) else { continue };
+            let s = &mut guards[g].1;
+            let pos = s.find(hash, key.as_bytes());
+            let absent = pos.is_none_or(|p| !s.slots[p].is_live(now_ms) || s.slots[p].is_tombstone());
+            let version = stamp();
+            let slot = Slot::new(key, version, *expires_at, Some(value.as_ref()), self.access_now(now_ms));
+            let added = slot.accounted();
+            let pos = match pos {
+                Some(p) => {
+                    let old = s.replace(p, slot);
+                    self.used.fetch_sub(old.accounted(), Ordering::Relaxed);
+                    p
+                }
+                None => {
+                    s.insert(hash, slot, &self.hasher);
+                    s.slots.len() - 1
+                }
+            };
+            self.used.fetch_add(added, Ordering::Relaxed);
+            let committed = commit(s.slots[pos].record());
+            out.push((absent, version, committed));
+        }
+        drop(guards);
+        self.enforce_memory_limit(now_ms);
+        out
+    }
+
     /// Applies a write that already has a version (from the log or a snapshot):
     /// last-writer-wins. Returns whether it changed the store.
     pub fn apply(&self, record: RecordRef<'_>, now_ms: u64) -> bool {

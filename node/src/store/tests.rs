@@ -251,3 +251,58 @@ fn snapshots_give_expired_entries_as_tombstones_of_the_same_version() {
     other.apply(seen[0].as_ref(), NOW + 20);
     assert!(other.get("k", NOW + 20).is_none());
 }
+
+fn text(found: Option<Found>) -> Option<String> {
+    found.map(|f| String::from_utf8(f.value.bytes.to_vec()).unwrap())
+}
+
+#[test]
+fn put_many_writes_every_key_and_the_last_of_a_repeated_one() {
+    let s = store();
+    put(&s, "b", "0", clock::pack(NOW, 0), None);
+    let mut hlc = clock::pack(NOW, 1);
+    let entries = [("a", json("1"), None), ("b", json("2"), Some(NOW + 60_000)), ("a", json("3"), None)];
+    let mut committed = Vec::new();
+    let out = s.put_many(
+        &entries,
+        NOW,
+        || {
+            hlc += 1;
+            Version { hlc, origin: OriginId::LOCAL }
+        },
+        |r| committed.push(r.key.to_string()),
+    );
+    assert_eq!(out.iter().map(|(created, _, _)| *created).collect::<Vec<_>>(), [true, false, false]);
+    assert_eq!(committed, ["a", "b", "a"], "every write is committed, in order");
+    assert_eq!(text(s.get("a", NOW)).as_deref(), Some("3"));
+    assert_eq!(text(s.get("b", NOW)).as_deref(), Some("2"));
+    assert_eq!(s.get("b", NOW).unwrap().expires_at, Some(NOW + 60_000));
+}
+
+#[test]
+fn no_reader_sees_half_of_a_put_many() {
+    // The writer sets a and b to the same number, a first; a reader that reads a then b
+    // would see b behind a if the two writes were visible one at a time.
+    let s = Arc::new(store());
+    let keys = ["atom-a", "atom-b"];
+    let writer = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            for i in 1..=20_000u64 {
+                let n = json(&i.to_string());
+                let entries = [(keys[0], n.clone(), None), (keys[1], n, None)];
+                s.put_many(&entries, NOW, || Version { hlc: clock::pack(NOW, 0) + i, origin: OriginId::LOCAL }, |_| ());
+            }
+        })
+    };
+    let read = |k: &str| text(s.get(k, NOW)).map_or(0, |t| t.parse::<u64>().unwrap());
+    let mut checks = 0;
+    while !writer.is_finished() || checks == 0 {
+        let a = read(keys[0]);
+        let b = read(keys[1]);
+        assert!(b >= a, "read a = {a}, then b = {b}: half of a put_many was visible");
+        checks += 1;
+    }
+    writer.join().unwrap();
+    assert_eq!((read(keys[0]), read(keys[1])), (20_000, 20_000));
+}

@@ -1082,14 +1082,16 @@ fn mset(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
             ctx.state.db.check_value(arg.len()).map_err(CommandError::db)?;
         }
     }
-    // Each key is its own write: MSET is not atomic across keys (a concurrent reader
-    // may see some of the new values before the others). Every write is acknowledged
-    // together, after the journal holds all of them.
-    let expiry = ctx.state.default_expiry();
+    // All the keys at once (no reader of this node sees half of an MSET), acknowledged
+    // together once the journal holds every one.
+    let expires_at = ctx.state.default_expiry().resolve(None);
+    let mut entries = Vec::with_capacity(pairs.len() / 2);
     for i in (0..pairs.len()).step_by(2) {
-        let key = ctx.key(pairs.get(i))?;
-        let written = ctx.state.db.put(key, Value::from_resp(pairs.get(i + 1)), expiry).map_err(CommandError::db)?;
-        ctx.note(written);
+        entries.push((ctx.key(pairs.get(i))?, Value::from_resp(pairs.get(i + 1))));
+    }
+    let written = ctx.state.db.put_many(entries, expires_at).map_err(CommandError::db)?;
+    for w in written {
+        ctx.note(w);
     }
     ctx.out.ok();
     Ok(())
