@@ -676,9 +676,20 @@ impl Store {
             let now_tick = self.access_now(now_ms);
             let mut best: Option<(bool, u32, u64, usize, usize, u32)> = None;
             let first = self.evict_cursor.fetch_add(1, Ordering::Relaxed) as usize;
-            for k in 0..SHARDS_PER_ROUND.min(self.shards.len()) {
-                let i = (first.wrapping_mul(0x9E37_79B9) + k * (self.shards.len() / SHARDS_PER_ROUND).max(1))
-                    & self.shard_mask;
+            // Distinct entries compared this round: a round goes on to further shards until
+            // it compared at least SAMPLES of them, so that a nearly empty store never
+            // evicts its only recently used entry for lack of anything to compare it with.
+            let mut compared: Vec<(usize, usize)> = Vec::with_capacity(SAMPLES * SHARDS_PER_ROUND);
+            for k in 0..self.shards.len() {
+                if k >= SHARDS_PER_ROUND && compared.len() >= SAMPLES {
+                    break;
+                }
+                let i = if k < SHARDS_PER_ROUND {
+                    (first.wrapping_mul(0x9E37_79B9) + k * (self.shards.len() / SHARDS_PER_ROUND).max(1))
+                        & self.shard_mask
+                } else {
+                    (first.wrapping_mul(0x9E37_79B9) + k) & self.shard_mask
+                };
                 let s = self.shards[i].lock();
                 if s.live == 0 {
                     continue;
@@ -689,6 +700,9 @@ impl Store {
                     let slot = &s.slots[pos];
                     if slot.is_tombstone() {
                         continue;
+                    }
+                    if !compared.contains(&(i, pos)) {
+                        compared.push((i, pos));
                     }
                     let age = now_tick.wrapping_sub(slot.access);
                     let candidate = (slot.is_expired(now_ms), age, slot.hlc, i, pos, slot.access);
