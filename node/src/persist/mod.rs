@@ -237,25 +237,10 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Replays one file (a segment or a snapshot body) from `start`; returns the number of
-/// records and the corruption if any. Positions reached are merged into `positions`.
-#[allow(clippy::too_many_arguments)]
-fn replay_file(
-    path: &Path,
-    file: File,
-    start: u64,
-    origins: &OriginTable,
-    local_node: &str,
-    expect_end_marker: bool,
-    positions: &mut Positions,
-    apply: &impl Fn(RecordRef<'_>),
-) -> Result<(u64, Option<Corruption>), PersistError> {
-    let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    replay_records(path, file, start, file_len, origins, local_node, expect_end_marker, positions, apply)
-}
-
-/// Replays the records `input` holds, which starts at byte `start` of the file at `path`
-/// and ends at `end` (for the report of a corruption).
+/// Replays the records `input` holds (a segment, a snapshot body, or one shard's range of
+/// it), which starts at byte `start` of the file at `path` and ends at `file_len` (for the
+/// report of a corruption); returns the number of records and the corruption if any.
+/// Positions reached are merged into `positions`.
 #[allow(clippy::too_many_arguments)]
 fn replay_records(
     path: &Path,
@@ -524,10 +509,11 @@ impl Persist {
                         }
                         _ => {
                             file.seek(io::SeekFrom::Start(start)).map_err(read_err)?;
-                            let (n, c) = replay_file(
+                            let (n, c) = replay_records(
                                 &path,
                                 file,
                                 start,
+                                snapshot_bytes,
                                 &origins,
                                 &local.node_id,
                                 true,
@@ -571,7 +557,7 @@ impl Persist {
                 })
             } else {
                 let (n, corruption) =
-                    replay_file(&path, file, 8, &origins, &local.node_id, false, &mut positions, &apply)?;
+                    replay_records(&path, file, 8, len, &origins, &local.node_id, false, &mut positions, &apply)?;
                 report.log_records += n;
                 corruption
             };

@@ -343,11 +343,16 @@ impl Store {
     }
 
     fn locate(&self, key: &str) -> (u64, &Mutex<Shard>) {
+        let (hash, shard) = self.hash_and_shard(key);
+        (hash, &self.shards[shard])
+    }
+
+    /// The key's hash and the index of its shard.
+    fn hash_and_shard(&self, key: &str) -> (u64, usize) {
         let hash = self.hasher.hash_one(key.as_bytes());
         // The shard comes from bits the hash table does not use for small tables
         // (it uses the low bits for the bucket and the top 7 for its tag).
-        let shard = ((hash >> 32) as usize) & self.shard_mask;
-        (hash, &self.shards[shard])
+        (hash, ((hash >> 32) as usize) & self.shard_mask)
     }
 
     /// Compares two versions: by timestamp, then by origin node id.
@@ -415,6 +420,17 @@ impl Store {
         };
         let version = stamp();
         let slot = Slot::new(key, version, expires_at, value.as_ref().map(Value::as_ref), self.access_now(now_ms));
+        let pos = self.put_slot(&mut s, pos, hash, slot);
+        let committed = commit(s.slots[pos].record());
+        drop(s);
+        self.enforce_memory_limit(now_ms);
+        Ok((reply, Some((version, committed))))
+    }
+
+    /// Puts `slot` at `pos` (the key's slot, if it has one) or adds it, keeping the memory
+    /// accounting; returns where it is.
+    #[inline]
+    fn put_slot(&self, s: &mut Shard, pos: Option<usize>, hash: u64, slot: Slot) -> usize {
         let added = slot.accounted();
         let pos = match pos {
             Some(p) => {
@@ -428,10 +444,7 @@ impl Store {
             }
         };
         self.used.fetch_add(added, Ordering::Relaxed);
-        let committed = commit(s.slots[pos].record());
-        drop(s);
-        self.enforce_memory_limit(now_ms);
-        Ok((reply, Some((version, committed))))
+        pos
     }
 
     /// Writes every `(key, value, expires_at)` of `entries` at once: the shards of all the
@@ -447,13 +460,7 @@ impl Store {
         mut stamp: impl FnMut() -> Version,
         mut commit: impl FnMut(RecordRef<'_>) -> C,
     ) -> Vec<(bool, Version, C)> {
-        let located: Vec<(u64, usize)> = entries
-            .iter()
-            .map(|(key, _, _)| {
-                let hash = self.hasher.hash_one(key.as_bytes());
-                (hash, ((hash >> 32) as usize) & self.shard_mask)
-            })
-            .collect();
+        let located: Vec<(u64, usize)> = entries.iter().map(|(key, _, _)| self.hash_and_shard(key)).collect();
         let mut order: Vec<usize> = located.iter().map(|&(_, shard)| shard).collect();
         order.sort_unstable();
         order.dedup();
@@ -467,19 +474,7 @@ impl Store {
             let absent = pos.is_none_or(|p| !s.slots[p].is_live(now_ms) || s.slots[p].is_tombstone());
             let version = stamp();
             let slot = Slot::new(key, version, *expires_at, Some(value.as_ref()), self.access_now(now_ms));
-            let added = slot.accounted();
-            let pos = match pos {
-                Some(p) => {
-                    let old = s.replace(p, slot);
-                    self.used.fetch_sub(old.accounted(), Ordering::Relaxed);
-                    p
-                }
-                None => {
-                    s.insert(hash, slot, &self.hasher);
-                    s.slots.len() - 1
-                }
-            };
-            self.used.fetch_add(added, Ordering::Relaxed);
+            let pos = self.put_slot(s, pos, hash, slot);
             let committed = commit(s.slots[pos].record());
             out.push((absent, version, committed));
         }
@@ -679,9 +674,12 @@ impl Store {
             // Distinct entries compared this round: a round goes on to further shards until
             // it compared at least SAMPLES of them, so that a nearly empty store never
             // evicts its only recently used entry for lack of anything to compare it with.
-            let mut compared: Vec<(usize, usize)> = Vec::with_capacity(SAMPLES * SHARDS_PER_ROUND);
+            // (On the stack: this runs on writes under memory pressure. A round stops adding
+            // shards once it has SAMPLES, so it never holds more than 6 shards' samples.)
+            let mut compared = [(0usize, 0usize); 32];
+            let mut distinct = 0;
             for k in 0..self.shards.len() {
-                if k >= SHARDS_PER_ROUND && compared.len() >= SAMPLES {
+                if k >= SHARDS_PER_ROUND && distinct >= SAMPLES {
                     break;
                 }
                 let i = if k < SHARDS_PER_ROUND {
@@ -701,8 +699,9 @@ impl Store {
                     if slot.is_tombstone() {
                         continue;
                     }
-                    if !compared.contains(&(i, pos)) {
-                        compared.push((i, pos));
+                    if distinct < compared.len() && !compared[..distinct].contains(&(i, pos)) {
+                        compared[distinct] = (i, pos);
+                        distinct += 1;
                     }
                     let age = now_tick.wrapping_sub(slot.access);
                     let candidate = (slot.is_expired(now_ms), age, slot.hlc, i, pos, slot.access);
