@@ -26,6 +26,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 redis-cli --version
+# A debug build of the workspace with its tests takes about 7 GB, and etcd stops writing on a
+# full disk (the e2e tier's API servers then never come up): say so before it happens.
+avail_kb="$(df -Pk . | awk 'NR == 2 { print $4 }')"
+if [ "${avail_kb:-0}" -lt $((10 * 1024 * 1024)) ]; then
+  echo "warning: only $((avail_kb / 1024)) MB free on this disk; the build and the e2e tier need about 10 GB" >&2
+fi
 
 step "formatting (cargo fmt --check)"
 cargo fmt --all -- --check

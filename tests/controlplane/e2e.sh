@@ -10,7 +10,7 @@
 #      reach them... so rather keep the directory and read the logs).
 # wait_for takes `eval '...'` checks whose expansions must happen at each try, not once:
 # shellcheck disable=SC2016
-set -euo pipefail
+set -Eeuo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 if [ "$(readlink /proc/self/ns/net)" = "$(readlink /proc/1/ns/net)" ]; then
@@ -60,9 +60,15 @@ dump() {
     kubectl --kubeconfig "$kc" get geocaches,statefulsets,pods,services -A -o wide 2>&1 | head -60 || true
   done
   kubectl --kubeconfig "$current_dir/cluster-1.kubeconfig" get geocaches -A -o yaml 2>&1 | tail -80 || true
+  for f in "$current_dir"/cluster-*/etcd.log "$current_dir"/cluster-*/kube-apiserver.log; do
+    echo "### $f (tail)"
+    tail -10 "$f" 2>/dev/null || true
+  done
+  df -h "$current_dir" || true
   echo "### operator log (tail)"
   tail -40 "$current_dir/operator.log" 2>/dev/null || true
   for f in "$current_dir"/cluster-*/test-kubelet.log; do
+    [ -f "$f" ] || continue
     echo "### $f (tail)"
     tail -20 "$f" || true
   done
@@ -101,6 +107,9 @@ on_exit() {
   fi
 }
 trap on_exit EXIT
+# Any command that fails outside a check stops the tier, and says which one (set -E: in
+# functions too).
+trap 'log "FAILED: \"$BASH_COMMAND\" exited with status $? (e2e.sh line $LINENO)"' ERR
 # A hard bound on the whole tier: past it, stop and clean up like any failure. Every kubectl
 # call has a request timeout, so the script always gets to run its traps.
 timeout_s="${GEOCACHE_E2E_TIMEOUT:-1800}"
@@ -463,6 +472,9 @@ scenario_three() {
 case "${GEOCACHE_E2E_ONLY:-all}" in
   one) scenario_one ;;
   three) scenario_three ;;
-  all) scenario_one && scenario_three ;;
+  all)
+    scenario_one
+    scenario_three
+    ;;
   *) fail "GEOCACHE_E2E_ONLY must be one or three" ;;
 esac

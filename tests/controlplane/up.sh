@@ -30,13 +30,27 @@ echo "building geocache-node and test-kubelet (cargo build --workspace --all-tar
 (cd "$repo" && cargo build --locked -q --workspace --all-targets)
 target="${CARGO_TARGET_DIR:-$repo/target}/debug"
 
-wait_ready() { # kubeconfig, name
-  local deadline=$((SECONDS + 90))
+# not_ready CLUSTER-DIR REASON: says why a cluster did not come up, with the end of its
+# control plane's logs and the free disk space (etcd stops writing on a full disk).
+not_ready() {
+  echo "$(basename "$1"): $2; logs in $1" >&2
+  local f
+  for f in "$1"/etcd.log "$1"/kube-apiserver.log; do
+    echo "--- $f: its last errors, then its last lines" >&2
+    { grep -E '"level":"(error|panic|fatal)"|^panic:|^[EF][0-9]{4} ' "$f" | tail -5 && tail -5 "$f"; } 2>/dev/null |
+      cut -c1-500 >&2 || true
+  done
+  df -h "$1" >&2 || true
+  return 1
+}
+
+wait_ready() { # kubeconfig, cluster dir
+  local deadline=$((SECONDS + 120)) p
   until kubectl --kubeconfig "$1" get --raw /readyz >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then
-      echo "$2: the API server did not become ready; logs in $(dirname "$1")" >&2
-      return 1
-    fi
+    for p in etcd kube-apiserver; do
+      running "$2/$p.pid" || { not_ready "$2" "$p exited before the API server became ready"; return 1; }
+    done
+    [ $SECONDS -lt $deadline ] || { not_ready "$2" "the API server did not become ready in 120 s"; return 1; }
     sleep 0.5
   done
 }
@@ -117,7 +131,7 @@ for i in $(seq 1 "$n"); do
   ip="127.$net.$i.1"
   d="$dir/cluster-$i"
   kubeconfig="$dir/cluster-$i.kubeconfig"
-  wait_ready "$kubeconfig" "cluster-$i"
+  wait_ready "$kubeconfig" "$d"
   start kube-controller-manager "$d/kube-controller-manager.log" "$bin/kube-controller-manager" \
     --kubeconfig "$kubeconfig" --bind-address "$ip" --secure-port 10257 --leader-elect=false \
     --service-account-private-key-file "$d/pki/sa.key" --root-ca-file "$d/pki/ca.crt" \
