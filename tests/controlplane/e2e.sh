@@ -67,6 +67,11 @@ dump() {
   df -h "$current_dir" || true
   echo "### operator log (tail)"
   tail -40 "$current_dir/operator.log" 2>/dev/null || true
+  for f in "$current_dir"/cluster-1/kubelet/pods/geocache-system_*/container.log; do
+    [ -f "$f" ] || continue
+    echo "### $f (tail)"
+    tail -40 "$f" || true
+  done
   for f in "$current_dir"/cluster-*/test-kubelet.log; do
     [ -f "$f" ] || continue
     echo "### $f (tail)"
@@ -210,6 +215,23 @@ none_left() { # namespace, instance
     -l "app.kubernetes.io/instance=$2" -o name 2>/dev/null)" ]
 }
 pod_ip() { jsonpath "pod/$2" '{.status.podIP}' "$1"; }
+container_pid() { # namespace, pod: the process id the test kubelet puts in the container id
+  local id
+  id="$(jsonpath "pod/$2" '{.status.containerStatuses[0].containerID}' "$1")"
+  [ -n "${id##*://}" ] || fail "no process id for pod $1/$2"
+  echo "${id##*://}"
+}
+operator_pod_name() { # the operator's pod that is not terminating (one replica)
+  k get pods -n geocache-system -l app.kubernetes.io/instance=geocache \
+    -o jsonpath='{range .items[*]}{.metadata.name} {.metadata.deletionTimestamp}{"\n"}{end}' 2>/dev/null |
+    awk 'NF == 1 { print $1; exit }'
+}
+operator_ready() { # the Deployment has its one pod, up to date and ready, and no other
+  local status
+  status="$(k get deployments -n geocache-system -l app.kubernetes.io/instance=geocache \
+    -o jsonpath='{.items[0].status.updatedReplicas}/{.items[0].status.readyReplicas}/{.items[0].status.replicas}')"
+  [ "$status" = "1/1/1" ]
+}
 pod_restarts() { jsonpath "pod/$2" '{.status.containerStatuses[0].restartCount}' "$1"; }
 resource_versions() { # namespace, instance: what the operator writes (not what controllers put in status)
   {
@@ -228,18 +250,17 @@ scenario_one() {
   "$here/up.sh" 1 "$current_dir"
   K="$current_dir/cluster-1.kubeconfig"
 
-  # The operator's chart, as users install it (its CRD, ServiceAccount and RBAC); the
-  # operator process then runs here with that ServiceAccount's token, so the chart's RBAC
-  # is what it is allowed to do (the test kubelet runs only GeoCache images, hence no pod).
-  local helm sa
+  # The operator's chart, as users install it: its CRD, ServiceAccount, RBAC and the
+  # Deployment, whose pod the test kubelet runs (image geocache-operator) with in-cluster
+  # configuration: the API server at the kubernetes Service, the ServiceAccount's token
+  # projected into the pod. So the chart's Deployment, probes and RBAC are what runs.
+  local helm
   helm="$("$repo/tests/helm.sh")"
   "$helm" --kubeconfig "$K" install geocache charts/geocache-operator --namespace geocache-system \
-    --create-namespace --set replicaCount=0 >/dev/null
+    --create-namespace --set resyncSeconds=10 --set logFormat=text >/dev/null
   pass "helm install of charts/geocache-operator"
   wait_for "the CRD is established" 60 k wait --for condition=established crd/geocaches.geocache.dev --timeout=5s
-  sa="$(k get serviceaccounts -n geocache-system -l app.kubernetes.io/instance=geocache -o name)"
-  [ -n "$sa" ] || fail "the chart made no ServiceAccount"
-  kubeconfig_for_token "$K" "$(k create token "${sa#serviceaccount/}" -n geocache-system --duration 2h)" >"$current_dir/operator.kubeconfig"
+  wait_for "the operator's pod is ready (in cluster, with its ServiceAccount's token)" 120 operator_ready
   local file message out
   for file in invalid-duplicate-regions:"region names must be unique" \
     invalid-negative-replicas:"replicas must be 0 or more" \
@@ -253,7 +274,6 @@ scenario_one() {
     pass "the API server refuses ${file%%:*}.yaml with: $message"
   done
 
-  start_operator "$current_dir/operator.kubeconfig" geocache-system
   k apply -f examples/geocache.yaml >/dev/null
   pass "kubectl apply -f examples/geocache.yaml"
   wait_for "the GeoCache is ready (2/2 regions)" 180 gc_ready default demo 2/2
@@ -284,13 +304,14 @@ scenario_one() {
     fail "redis-cli GET through the us client Service"
   pass "redis-cli reads it through the us client Service"
 
-  # Scale us up, with the operator killed midway (its successor takes the lease over and
-  # finishes), then down.
+  # Scale us up, with the operator's process killed midway (its container restarts, takes
+  # the lease back and finishes), then down.
+  local operator_pod
+  operator_pod="$(operator_pod_name)"
   k patch geocache demo --type json -p '[{"op":"replace","path":"/spec/regions/1/replicas","value":3}]' >/dev/null
-  kill -KILL "$operator_pid"
-  wait "$operator_pid" 2>/dev/null || true
-  operator_pid=""
-  start_operator "$current_dir/operator.kubeconfig" geocache-system
+  kill -KILL "$(container_pid geocache-system "$operator_pod")"
+  wait_for "the killed operator's container restarts" 60 \
+    eval 'test "$(pod_restarts geocache-system "$operator_pod")" -ge 1'
   wait_for "region us scales up to 3 ready nodes" 120 sts_ready default demo-us 3
   wait_for "the GeoCache reports us with 3 ready replicas" 60 \
     eval 'test "$(jsonpath geocache/demo "{.status.regions[?(@.name==\"us\")].readyReplicas}")" = 3'
@@ -301,11 +322,7 @@ scenario_one() {
   wait_for "pod demo-us-2 is gone" 60 eval 'test -z "$(k get pod demo-us-2 -o name 2>/dev/null)"'
 
   # A killed node process restarts and catches up with what it missed.
-  local pid
-  pid="$(jsonpath pod/demo-eu-0 '{.status.containerStatuses[0].containerID}')"
-  pid="${pid##*://}"
-  [ -n "$pid" ] || fail "no process id for demo-eu-0"
-  kill -KILL "$pid"
+  kill -KILL "$(container_pid default demo-eu-0)"
   http PUT "http://$us:8080/v1/keys/while-down" '{"written":"while demo-eu-0 was down"}' >/dev/null ||
     fail "PUT while a node is down"
   wait_for "the killed node demo-eu-0 is restarted" 60 eval 'test "$(pod_restarts default demo-eu-0)" -ge 1'
@@ -324,13 +341,14 @@ scenario_one() {
   wait_for "the recreated demo-us-1 has the documents written before" 30 \
     eval 'reads "http://$(pod_ip default demo-us-1):8080/v1/keys/while-down" "{\"written\":\"while demo-eu-0 was down\"}"'
 
-  # Restarting the operator changes nothing.
+  # Restarting the operator (a rollout of its Deployment: a new pod) changes nothing.
   local before after
   before="$(resource_versions default demo)"
-  stop_operator
-  start_operator "$current_dir/operator.kubeconfig" geocache-system
-  wait_for "the restarted operator leads" 60 \
-    eval 'test "$(jsonpath lease/geocache-operator "{.spec.holderIdentity}" geocache-system)" = "geocache-operator-e2e-$operator_runs"'
+  k rollout restart deployment -n geocache-system -l app.kubernetes.io/instance=geocache >/dev/null
+  wait_for "the operator's Deployment rolls out a new pod" 120 \
+    eval 'test "$(operator_pod_name)" != "$operator_pod" && operator_ready'
+  wait_for "the new operator pod leads" 60 \
+    eval 'test "$(jsonpath lease/geocache-operator "{.spec.holderIdentity}" geocache-system)" = "$(operator_pod_name)"'
   sleep 12
   after="$(resource_versions default demo)"
   [ "$before" = "$after" ] || fail "the restarted operator changed objects: $(diff <(echo "$before") <(echo "$after"))"

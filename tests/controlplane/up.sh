@@ -141,7 +141,8 @@ for i in $(seq 1 "$n"); do
   start test-kubelet "$d/test-kubelet.log" "$target/test-kubelet" \
     --kubeconfig "$kubeconfig" --node-name "cluster-$i-node" --node-ip "$ip" \
     --pod-cidr "10.$((10 + i)).0.0/16" --dns-ip "172.31.$i.53" --lb-cidr "172.30.$i.0/24" \
-    --lb-delay "$wan_delay" --image "geocache-node=$target/geocache-node" --state-dir "$d/kubelet"
+    --lb-delay "$wan_delay" --image "geocache-node=$target/geocache-node" \
+    --image "geocache-operator=$target/geocache-operator" --state-dir "$d/kubelet"
   echo "cluster-$i: ready ($(kubectl --kubeconfig "$kubeconfig" get --raw /version | grep -m1 '"gitVersion"' | tr -d ' ",'))" >&2
 done
 for i in $(seq 1 "$n"); do

@@ -8,11 +8,13 @@
 //! - container runtime ([`runtime`], [`volumes`]): runs each pod bound to the node whose
 //!   image is mapped to a local binary, in its own mount, UTS and network namespaces, in a
 //!   root filesystem made of bind mounts, with the pod's command, args, env, user and
-//!   volumes (ConfigMaps, Secrets, emptyDirs, claims) at their mount paths;
+//!   volumes (ConfigMaps, Secrets, projected ServiceAccount tokens, emptyDirs, claims) at
+//!   their mount paths, and `KUBERNETES_SERVICE_HOST`/`_PORT` for in-cluster clients;
 //! - CNI ([`network`]): a veth pair per pod, the pod's own address routed to it;
 //! - probes ([`probes`]): readiness, liveness and startup probes over HTTP;
 //! - kube-proxy and a cloud's load balancers ([`service_proxy`]): every ClusterIP and
-//!   LoadBalancer Service gets a userspace proxy; load balancers delay bytes like a WAN;
+//!   LoadBalancer Service gets a userspace proxy (the `kubernetes` Service leads to the API
+//!   server); load balancers delay bytes like a WAN;
 //! - cluster DNS ([`dns`]): `*.svc.<cluster domain>` names for Services and StatefulSet pods;
 //! - a storage provisioner ([`storage`]): a local volume for every claim.
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use futures_util::future::join_all;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client};
@@ -558,6 +558,17 @@ async fn resolve_env(
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut env: Vec<(String, String)> = Vec::new();
     let mut defined: BTreeMap<String, String> = BTreeMap::new();
+    // Where in-cluster clients find the API server, as every kubelet tells its containers.
+    let kubernetes = Api::<Service>::namespaced(client.clone(), "default").get_opt("kubernetes").await?;
+    let spec = kubernetes.and_then(|s| s.spec);
+    let host = spec.as_ref().and_then(|s| s.cluster_ip.clone()).filter(|ip| ip != "None");
+    let port = spec.as_ref().and_then(|s| s.ports.as_ref()?.first().map(|p| p.port));
+    if let (Some(host), Some(port)) = (host, port) {
+        for (name, value) in [("KUBERNETES_SERVICE_HOST", host), ("KUBERNETES_SERVICE_PORT", port.to_string())] {
+            defined.insert(name.into(), value.clone());
+            env.push((name.into(), value));
+        }
+    }
     for source in container.env_from.iter().flatten() {
         let prefix = source.prefix.clone().unwrap_or_default();
         if let Some(cm) = &source.config_map_ref {
@@ -611,15 +622,7 @@ fn field_value(pod: &Pod, path: &str, (pod_ip, host_ip): (Ipv4Addr, Ipv4Addr)) -
     match path {
         "status.podIP" | "status.podIPs" => Some(pod_ip.to_string()),
         "status.hostIP" | "status.hostIPs" => Some(host_ip.to_string()),
-        "metadata.name" => pod.metadata.name.clone(),
-        "metadata.namespace" => pod.metadata.namespace.clone(),
-        "metadata.uid" => pod.metadata.uid.clone(),
-        "spec.nodeName" => pod.spec.as_ref()?.node_name.clone(),
-        "spec.serviceAccountName" => pod.spec.as_ref()?.service_account_name.clone(),
-        _ => {
-            let label = path.strip_prefix("metadata.labels['")?.strip_suffix("']")?;
-            pod.metadata.labels.as_ref()?.get(label).cloned()
-        }
+        _ => volumes::pod_field(pod, path),
     }
 }
 
