@@ -75,6 +75,7 @@ fn log_recovery(report: &RecoveryReport) {
         from_snapshot = report.snapshot_records,
         from_log = report.log_records,
         segments = report.segments,
+        log_threads = report.log_threads,
         corrupt = report.corruptions.len(),
         elapsed_ms = report.duration.as_millis() as u64,
         "recovered {} entries in {} ms",

@@ -22,10 +22,12 @@
 //! - **Recovery.** [`Persist::open`] sizes the store for the newest snapshot's entries
 //!   (counted in its header), loads it — its shards on one thread per core, each thread
 //!   a run of consecutive shards, so they never contend for a shard — then replays the
-//!   segments after it. A torn or corrupt record (bad length, bad checksum) ends the
+//!   segments after it: read in order by one thread, applied by one thread per core, each
+//!   owning the keys that hash to it (so each key's records apply in log order). A torn or corrupt record (bad length, bad checksum) ends the
 //!   replay of its file: it is reported, the file is truncated there, and nothing after
 //!   it in that file is trusted. Expired entries are not restored.
 
+mod key_spread;
 pub mod record;
 
 use std::fs::{self, File, OpenOptions};
@@ -106,6 +108,8 @@ pub struct RecoveryReport {
     pub snapshot_records: u64,
     pub log_records: u64,
     pub segments: usize,
+    /// Threads the log was applied on (1 for a small log).
+    pub log_threads: usize,
     pub corruptions: Vec<Corruption>,
     pub duration: Duration,
     /// Replication positions reached by what was recovered.
@@ -240,7 +244,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// Replays the records `input` holds (a segment, a snapshot body, or one shard's range of
 /// it), which starts at byte `start` of the file at `path` and ends at `file_len` (for the
 /// report of a corruption); returns the number of records and the corruption if any.
-/// Positions reached are merged into `positions`.
+/// Positions reached are merged into `positions`. `apply` gets each record and its encoding.
 #[allow(clippy::too_many_arguments)]
 fn replay_records(
     path: &Path,
@@ -251,7 +255,7 @@ fn replay_records(
     local_node: &str,
     expect_end_marker: bool,
     positions: &mut Positions,
-    apply: &impl Fn(RecordRef<'_>),
+    apply: &mut impl FnMut(RecordRef<'_>, &[u8]),
 ) -> Result<(u64, Option<Corruption>), PersistError> {
     let mut reader = RecordReader::new(io::BufReader::with_capacity(1 << 20, input), start);
     let mut count = 0;
@@ -286,7 +290,7 @@ fn replay_records(
                         }
                         let origin =
                             if d.node_id == local_node { OriginId::LOCAL } else { origins.intern(d.node_id, d.region) };
-                        apply(d.record(origin));
+                        apply(d.record(origin), &reader.buf[..used]);
                         count += 1;
                         continue;
                     }
@@ -392,8 +396,10 @@ fn load_ranges(
                     for &(start, end) in group {
                         file.seek(io::SeekFrom::Start(start)).map_err(read_err)?;
                         let input = (&mut file).take(end - start);
-                        let (n, c) =
-                            replay_records(path, input, start, end, origins, local_node, false, &mut found, apply)?;
+                        let mut apply = |record: RecordRef<'_>, _: &[u8]| apply(record);
+                        let (n, c) = replay_records(
+                            path, input, start, end, origins, local_node, false, &mut found, &mut apply,
+                        )?;
                         records += n;
                         corruptions.extend(c);
                     }
@@ -424,6 +430,90 @@ fn load_ranges(
     Ok((records, corruptions))
 }
 
+/// Logs at least this big are replayed on one thread per core.
+const PARALLEL_REPLAY_MIN_BYTES: u64 = 4 << 20;
+
+/// How many records `bytes` of the log segments `ids` hold, going by the average size of
+/// their first records (at most 4096 of them); 0 when none can be read.
+fn estimate_records(dir: &Path, ids: &[u64], bytes: u64) -> u64 {
+    const SAMPLE: u64 = 4096;
+    let (mut sampled, mut sampled_bytes) = (0u64, 0u64);
+    for &id in ids {
+        let Ok(mut file) = File::open(segment_path(dir, id)) else { continue };
+        let mut magic = [0u8; 8];
+        if !matches!(read_full(&mut file, &mut magic), Ok(8)) || &magic != SEGMENT_MAGIC {
+            continue;
+        }
+        let mut reader = RecordReader::new(io::BufReader::with_capacity(1 << 20, file), 8);
+        while sampled < SAMPLE {
+            match reader.next() {
+                Ok(Next::Record) => {
+                    sampled += 1;
+                    sampled_bytes += reader.buf.len() as u64;
+                }
+                _ => break,
+            }
+        }
+        if sampled >= SAMPLE {
+            break;
+        }
+    }
+    if sampled == 0 { 0 } else { bytes / sampled_bytes.div_ceil(sampled).max(1) }
+}
+
+/// Replays the log segments `ids` in order through `apply`; a damaged record ends its
+/// segment, which is cut there (nothing after it is trusted), and empty segments are
+/// removed. Returns the bytes of log kept.
+fn replay_segments(
+    dir: &Path,
+    ids: &[u64],
+    origins: &OriginTable,
+    local_node: &str,
+    positions: &mut Positions,
+    report: &mut RecoveryReport,
+    apply: &mut impl FnMut(RecordRef<'_>, &[u8]),
+) -> Result<u64, PersistError> {
+    let mut log_bytes = 0;
+    for &id in ids {
+        let path = segment_path(dir, id);
+        let mut file = File::open(&path).map_err(|source| PersistError::Read { path: path.clone(), source })?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut magic = [0u8; 8];
+        let got =
+            read_full(&mut file, &mut magic).map_err(|source| PersistError::Read { path: path.clone(), source })?;
+        report.segments += 1;
+        let corruption = if got < magic.len() || &magic != SEGMENT_MAGIC {
+            Some(Corruption {
+                file: path.clone(),
+                offset: 0,
+                skipped_bytes: len,
+                reason: "segment header is damaged".into(),
+            })
+        } else {
+            let (n, corruption) = replay_records(&path, file, 8, len, origins, local_node, false, positions, apply)?;
+            report.log_records += n;
+            corruption
+        };
+        if let Some(c) = corruption {
+            // Nothing after a damaged record in this file is trusted: cut it off, so
+            // that the next start does not trip over it again.
+            if c.offset >= SEGMENT_MAGIC.len() as u64
+                && let Ok(f) = OpenOptions::new().write(true).open(&path)
+            {
+                let _ = f.set_len(c.offset).and_then(|_| f.sync_all());
+            }
+            report.corruptions.push(c);
+        }
+        let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len <= SEGMENT_MAGIC.len() as u64 {
+            // An empty segment (a start without writes) carries nothing.
+            let _ = fs::remove_file(&path);
+        }
+        log_bytes += len;
+    }
+    Ok(log_bytes)
+}
+
 impl Persist {
     /// Opens (creating it if needed) the data directory, replays what it holds through
     /// `apply`, and starts a new log segment.
@@ -431,7 +521,7 @@ impl Persist {
         config: PersistConfig,
         origins: Arc<OriginTable>,
         metrics: Arc<Metrics>,
-        reserve: impl FnOnce(u64),
+        mut reserve: impl FnMut(u64),
         apply: impl Fn(RecordRef<'_>) + Sync,
     ) -> Result<(Persist, RecoveryReport), PersistError> {
         let started = Instant::now();
@@ -518,7 +608,7 @@ impl Persist {
                                 &local.node_id,
                                 true,
                                 &mut positions,
-                                &apply,
+                                &mut |record, _| apply(record),
                             )?;
                             (n, c.into_iter().collect())
                         }
@@ -539,45 +629,40 @@ impl Persist {
             }
         }
 
-        let mut log_bytes = 0;
-        for &id in segments.iter().filter(|&&id| id >= first_segment) {
-            let path = segment_path(&dir, id);
-            let mut file = File::open(&path).map_err(|source| PersistError::Read { path: path.clone(), source })?;
-            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-            let mut magic = [0u8; 8];
-            let got =
-                read_full(&mut file, &mut magic).map_err(|source| PersistError::Read { path: path.clone(), source })?;
-            report.segments += 1;
-            let corruption = if got < magic.len() || &magic != SEGMENT_MAGIC {
-                Some(Corruption {
-                    file: path.clone(),
-                    offset: 0,
-                    skipped_bytes: len,
-                    reason: "segment header is damaged".into(),
-                })
-            } else {
-                let (n, corruption) =
-                    replay_records(&path, file, 8, len, &origins, &local.node_id, false, &mut positions, &apply)?;
-                report.log_records += n;
-                corruption
-            };
-            if let Some(c) = corruption {
-                // Nothing after a damaged record in this file is trusted: cut it off, so
-                // that the next start does not trip over it again.
-                if c.offset >= SEGMENT_MAGIC.len() as u64
-                    && let Ok(f) = OpenOptions::new().write(true).open(&path)
-                {
-                    let _ = f.set_len(c.offset).and_then(|_| f.sync_all());
-                }
-                report.corruptions.push(c);
-            }
-            let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            if len <= SEGMENT_MAGIC.len() as u64 {
-                // An empty segment (a start without writes) carries nothing.
-                let _ = fs::remove_file(&path);
-            }
-            log_bytes += len;
+        // The log is replayed on one thread per core (each owning a part of the keys) when
+        // it is big enough for that to pay.
+        let to_replay: Vec<u64> = segments.iter().copied().filter(|&id| id >= first_segment).collect();
+        let replay_bytes: u64 =
+            to_replay.iter().map(|&id| fs::metadata(segment_path(&dir, id)).map_or(0, |m| m.len())).sum();
+        let workers = if replay_bytes >= PARALLEL_REPLAY_MIN_BYTES {
+            std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8)
+        } else {
+            1
+        };
+        if replay_bytes >= PARALLEL_REPLAY_MIN_BYTES {
+            // A log does not count its records: size the store for as many as its first
+            // records' average size says it holds, rather than grow and rehash it step by
+            // step. Overwrites make that too many; the spare room is mostly address space
+            // (2 M records of 10 k keys: +21 MB resident), and compaction keeps such a log
+            // near `--compact-min` anyway.
+            reserve(estimate_records(&dir, &to_replay, replay_bytes));
         }
+        report.log_threads = workers;
+        let log_bytes = std::thread::scope(|scope| {
+            let mut spread = (workers > 1).then(|| key_spread::KeySpread::spawn(scope, workers, &apply));
+            let mut sink = |record: RecordRef<'_>, frame: &[u8]| match spread.as_mut() {
+                Some(spread) => spread.push(&record, frame),
+                None => apply(record),
+            };
+            let replayed =
+                replay_segments(&dir, &to_replay, &origins, &local.node_id, &mut positions, &mut report, &mut sink);
+            if let Some(spread) = spread {
+                spread
+                    .finish()
+                    .map_err(|reason| PersistError::Read { path: dir.clone(), source: io::Error::other(reason) })?;
+            }
+            replayed
+        })?;
         // Segments older than the snapshot are covered by it.
         for &id in segments.iter().filter(|&&id| id < first_segment) {
             let _ = fs::remove_file(segment_path(&dir, id));

@@ -351,3 +351,48 @@ fn a_data_dir_cannot_be_opened_twice() {
     let second = Persist::open(config, origins, Arc::new(Metrics::default()), |_| {}, |_| {});
     assert!(matches!(second, Err(PersistError::Locked { .. })));
 }
+
+#[tokio::test]
+async fn a_big_log_is_replayed_on_several_threads_with_every_key_s_last_write_winning() {
+    let dir = tempfile::tempdir().unwrap();
+    let filler = "x".repeat(400);
+    {
+        let o = open(dir.path(), FsyncPolicy::EverySecond, 1 << 40);
+        // About 6 MB of log: 2,000 keys written 6 times each, every 7th key deleted last.
+        for round in 0..6 {
+            for k in 0..2000 {
+                let json = format!("{{\"round\":{round},\"k\":{k},\"f\":\"{filler}\"}}");
+                let _ = o.db.put(&format!("key{k}"), Value::json(json.into_bytes()).unwrap(), Expiry::Never).unwrap();
+            }
+        }
+        let mut last = None;
+        for k in (0..2000).step_by(7) {
+            last = o.db.delete(&format!("key{k}")).unwrap().lsn;
+        }
+        o.db.wait_durable(last).await.unwrap();
+    }
+    let log_bytes: u64 = segments(dir.path()).iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    assert!(log_bytes >= PARALLEL_REPLAY_MIN_BYTES, "the log is big enough to be replayed in parallel");
+    let o = open(dir.path(), FsyncPolicy::EverySecond, 1 << 40);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    assert_eq!(o.report.log_threads, cores);
+    assert_eq!(o.report.log_records, 6 * 2000 + 286);
+    assert!(o.report.corruptions.is_empty());
+    for k in 0..2000 {
+        let got = value(&o.db, &format!("key{k}"));
+        if k % 7 == 0 {
+            assert_eq!(got, None, "key{k} was deleted last");
+        } else {
+            let expected = format!("{{\"round\":5,\"k\":{k},\"f\":\"{filler}\"}}");
+            assert_eq!(got.as_deref(), Some(expected.as_str()), "key{k} holds its last write");
+        }
+    }
+    assert_eq!(o.db.store().len(), 2000 - 286);
+    assert_eq!(o.report.positions.iter().next().map(|(_, seq)| seq), Some(6 * 2000 + 286));
+    drop(o);
+    // The store was sized for about as many records as the log holds.
+    let (reserved, len) = reserved_on_open(dir.path());
+    let reserved = reserved.expect("a big log sizes the store");
+    assert!((11_500..=13_000).contains(&reserved), "reserved room for {reserved} records, the log holds 12286");
+    assert_eq!(len, 2000 - 286);
+}
