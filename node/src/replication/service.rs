@@ -367,7 +367,10 @@ impl Replication {
             if missing.is_empty() {
                 return Ok(());
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            // Peers going down do not notify: look again now and then, since a region
+            // that became unreachable may no longer be waited for.
+            let recheck = (tokio::time::Instant::now() + ACK_RECHECK).min(deadline);
+            if tokio::time::timeout_at(recheck, notified).await.is_err() && recheck == deadline {
                 let missing = self.missing_acks(stream, seq, level);
                 if missing.is_empty() {
                     return Ok(());
@@ -394,19 +397,58 @@ impl Replication {
                 .filter(|p| p.acked.get(stream) < seq)
                 .map(|p| p.node_id.clone().unwrap_or_else(|| p.addr.clone()))
                 .collect(),
-            AckLevel::Global => table
-                .regions()
-                .into_iter()
-                .filter(|r| *r != self.region)
-                .filter(|r| {
-                    !table
-                        .iter()
-                        .any(|p| !p.redundant && p.region.as_deref() == Some(r.as_str()) && p.acked.get(stream) >= seq)
-                })
-                .map(|r| format!("region {r}"))
-                .collect(),
+            AckLevel::Global => {
+                let regions: Vec<RegionAck> = table
+                    .regions()
+                    .into_iter()
+                    .filter(|r| *r != self.region)
+                    .map(|r| {
+                        let of_region = || table.iter().filter(|p| !p.redundant && p.region.as_deref() == Some(&r));
+                        RegionAck {
+                            reachable: of_region().any(|p| p.is_up(now, self.config.peer_timeout)),
+                            acked: of_region().any(|p| p.acked.get(stream) >= seq),
+                            name: r,
+                        }
+                    })
+                    .collect();
+                missing_global(&regions)
+            }
         }
     }
+}
+
+/// How often a write waiting for `ack=global` looks again at which regions are reachable.
+const ACK_RECHECK: Duration = Duration::from_millis(100);
+
+/// Another region, as `ack=global` sees it.
+#[derive(Debug, Clone)]
+struct RegionAck {
+    name: String,
+    /// A node of the region is linked and answering.
+    reachable: bool,
+    /// A node of the region has confirmed the write.
+    acked: bool,
+}
+
+/// What `ack=global` still waits for, given the other regions: a confirmation from every
+/// reachable region, and from a majority of all regions (this one included). An unreachable
+/// region is not waited for once a majority has confirmed, so a region that is down does not
+/// fail every global write; but a region cut off from most others never confirms a global
+/// write on its own.
+fn missing_global(others: &[RegionAck]) -> Vec<String> {
+    let mut missing: Vec<String> =
+        others.iter().filter(|r| r.reachable && !r.acked).map(|r| format!("region {}", r.name)).collect();
+    let total = others.len() + 1;
+    let confirmed = others.iter().filter(|r| r.acked).count() + 1;
+    if confirmed * 2 <= total {
+        let unreachable: Vec<&str> =
+            others.iter().filter(|r| !r.reachable && !r.acked).map(|r| r.name.as_str()).collect();
+        missing.push(format!(
+            "a majority of regions ({confirmed} of {total} confirmed; unreachable: {})",
+            unreachable.join(", ")
+        ));
+    }
+    missing
 }
 
 /// A Prometheus label value: the node id, or the address when it is not known yet.
@@ -532,5 +574,43 @@ async fn manage_peers(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>
     }
     for (_, handle) in links {
         handle.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(name: &str, reachable: bool, acked: bool) -> RegionAck {
+        RegionAck { name: name.into(), reachable, acked }
+    }
+
+    #[test]
+    fn ack_global_waits_for_every_reachable_region() {
+        let missing = missing_global(&[region("us", true, true), region("ap", true, false)]);
+        assert_eq!(missing, ["region ap"]);
+        assert!(missing_global(&[region("us", true, true), region("ap", true, true)]).is_empty());
+    }
+
+    #[test]
+    fn ack_global_does_not_wait_for_an_unreachable_region_once_a_majority_confirmed() {
+        // eu (this one) and us of eu, us, ap: a majority; ap is down.
+        assert!(missing_global(&[region("us", true, true), region("ap", false, false)]).is_empty());
+    }
+
+    #[test]
+    fn ack_global_never_succeeds_on_a_minority_however_few_regions_are_reachable() {
+        let missing = missing_global(&[region("us", false, false), region("ap", false, false)]);
+        assert_eq!(missing, ["a majority of regions (1 of 3 confirmed; unreachable: us, ap)"]);
+        // Two regions: the other one is needed, reachable or not.
+        assert_eq!(missing_global(&[region("us", false, false)]).len(), 1);
+        // Four regions: two confirmations are not a majority.
+        let missing = missing_global(&[region("b", true, true), region("c", false, false), region("d", false, false)]);
+        assert_eq!(missing.len(), 1, "{missing:?}");
+    }
+
+    #[test]
+    fn ack_global_on_a_single_region_needs_no_one_else() {
+        assert!(missing_global(&[]).is_empty());
     }
 }
