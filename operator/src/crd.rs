@@ -54,9 +54,11 @@ pub const MAX_REGION_NAME_LEN: usize = 40;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GeoCacheSpec {
-    /// Container image of the cache nodes, e.g. `ghcr.io/geocache/geocache-node:0.1.0`.
+    /// Container image of the cache nodes (default: `ghcr.io/geocache/geocache-node` at the
+    /// operator's version).
+    #[serde(default = "default_image")]
     #[schemars(length(max = 512), extend("x-kubernetes-validations" = [
-        {"rule": "self.trim().size() > 0", "message": "image is required (the cache node container image)"}
+        {"rule": "self.trim().size() > 0", "message": "image must not be empty (the cache node container image)"}
     ]))]
     pub image: String,
 
@@ -82,6 +84,16 @@ pub struct GeoCacheSpec {
          "message": "defaultTtl must be a duration such as 30s, 1h or 1h30m (units ms, s, m, h, d)"}
     ]))]
     pub default_ttl: Option<String>,
+
+    /// How long a delete (or an expiry) is remembered, e.g. `1h` or `2d` (absent: the node's
+    /// default, 1h). A region cut off for longer than this can bring deleted keys back when
+    /// it returns, so set it above the longest partition you tolerate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^([0-9]+(ms|s|m|h|d))+$') || self.matches('^[0-9]+$')",
+         "message": "tombstoneRetention must be a duration such as 1h or 2d (units ms, s, m, h, d)"}
+    ]))]
+    pub tombstone_retention: Option<String>,
 
     /// Memory a node may use for entries before it evicts cold ones, e.g. `512mb`. Keep it
     /// well below the container's memory limit.
@@ -275,6 +287,12 @@ pub struct RegionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ReplicationService>,
 
+    /// The region's client Service `<name>-<region>` (HTTP and the Redis protocol): its type
+    /// (default `ClusterIP`: applications in the cluster) and annotations, e.g. an internal
+    /// load balancer for applications outside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_service: Option<ClientService>,
+
     /// Compute resources of this region's nodes (overrides `spec.resources`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -336,7 +354,29 @@ pub struct ReplicationService {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// Type of the replication Service.
+/// The client Service of a region.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientService {
+    /// Service type: `ClusterIP` (default), `LoadBalancer` or `NodePort`.
+    #[serde(default = "default_client_service_type", rename = "type")]
+    pub type_: ServiceType,
+    /// Annotations of the Service (for example a cloud's internal load-balancer settings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for ClientService {
+    fn default() -> Self {
+        ClientService { type_: ServiceType::ClusterIP, annotations: BTreeMap::new() }
+    }
+}
+
+fn default_client_service_type() -> ServiceType {
+    ServiceType::ClusterIP
+}
+
+/// Type of a Service the operator makes.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum ServiceType {
     #[default]
@@ -465,6 +505,11 @@ pub struct RegionStatus {
 
 fn default_replicas() -> i32 {
     3
+}
+
+/// The node image of this operator's release.
+pub fn default_image() -> String {
+    format!("ghcr.io/geocache/geocache-node:{}", env!("CARGO_PKG_VERSION"))
 }
 
 fn default_max_memory() -> String {

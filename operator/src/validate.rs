@@ -16,8 +16,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 
 use crate::crd::{
-    ClusterRef, Fsync, GeoCache, IssuerRef, MAX_COMBINED_NAME_LEN, MAX_REGION_NAME_LEN, MAX_REGIONS, PullPolicy,
-    ReplicationService, ServiceType,
+    ClientService, ClusterRef, Fsync, GeoCache, IssuerRef, MAX_COMBINED_NAME_LEN, MAX_REGION_NAME_LEN, MAX_REGIONS,
+    PullPolicy, ReplicationService, ServiceType,
 };
 use crate::names::{RegionNames, client_auth_secret};
 
@@ -44,6 +44,7 @@ pub struct Plan {
     pub image_pull_policy: Option<PullPolicy>,
     pub max_memory: String,
     pub default_ttl: Option<String>,
+    pub tombstone_retention: Option<String>,
     pub fsync: Fsync,
     pub regions: Vec<RegionPlan>,
     pub security: SecurityPlan,
@@ -89,6 +90,7 @@ pub struct RegionPlan {
     pub cluster: Option<ClusterRef>,
     pub endpoint: Option<String>,
     pub service: ReplicationService,
+    pub client_service: ClientService,
     pub resources: ResourceRequirements,
     /// The volume of each node, when persistence is on.
     pub storage: Option<VolumePlan>,
@@ -141,7 +143,7 @@ pub fn validate(gc: &GeoCache) -> Result<Plan, InvalidSpec> {
     let spec = &gc.spec;
 
     if spec.image.trim().is_empty() {
-        problems.push("image is required (the cache node container image)".to_string());
+        problems.push("image must not be empty (the cache node container image)".to_string());
     } else if spec.image.chars().any(char::is_whitespace) {
         problems.push(format!("image {:?} must not contain spaces", spec.image));
     }
@@ -152,6 +154,11 @@ pub fn validate(gc: &GeoCache) -> Result<Plan, InvalidSpec> {
         && let Err(message) = parse_ttl_ms(ttl)
     {
         problems.push(format!("defaultTtl: {message}"));
+    }
+    if let Some(retention) = &spec.tombstone_retention
+        && let Err(message) = parse_ttl_ms(retention)
+    {
+        problems.push(format!("tombstoneRetention: {message}"));
     }
     if spec.regions.is_empty() {
         problems.push("at least one region is required".to_string());
@@ -221,6 +228,7 @@ pub fn validate(gc: &GeoCache) -> Result<Plan, InvalidSpec> {
             cluster: region.cluster.clone(),
             endpoint: region.endpoint.clone(),
             service: region.service.clone().unwrap_or_default(),
+            client_service: region.client_service.clone().unwrap_or_default(),
             resources,
             storage,
             node_selector: region.node_selector.clone().unwrap_or_default(),
@@ -282,6 +290,7 @@ pub fn validate(gc: &GeoCache) -> Result<Plan, InvalidSpec> {
         image_pull_policy: spec.image_pull_policy,
         max_memory: spec.max_memory.clone(),
         default_ttl: spec.default_ttl.clone(),
+        tombstone_retention: spec.tombstone_retention.clone(),
         fsync: spec.persistence.fsync,
         regions,
         security,
@@ -409,10 +418,10 @@ spec:
     }
 
     #[test]
-    fn a_missing_image_is_refused() {
+    fn a_blank_image_is_refused() {
         let mut gc = geocache("cache", vec![region("eu")]);
         gc.spec.image = " ".into();
-        assert!(problems(&gc).iter().any(|m| m.contains("image is required")));
+        assert!(problems(&gc).iter().any(|m| m.contains("image must not be empty")));
     }
 
     #[test]
@@ -432,6 +441,8 @@ spec:
         let p = problems(&gc);
         assert!(p.iter().any(|m| m.starts_with("maxMemory")), "{p:?}");
         assert!(p.iter().any(|m| m.starts_with("defaultTtl")), "{p:?}");
+        gc.spec.tombstone_retention = Some("a day".into());
+        assert!(problems(&gc).iter().any(|m| m.starts_with("tombstoneRetention")));
     }
 
     #[test]

@@ -161,6 +161,23 @@ fn the_multicluster_example_has_three_regions_in_three_clusters() -> Result<()> 
 }
 
 #[test]
+fn only_the_regions_are_required_and_the_node_image_defaults_to_the_operator_s_release() -> Result<()> {
+    let crd = crd();
+    let schema = crd.spec.versions[0].schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref());
+    let spec = schema.and_then(|s| s.properties.as_ref()).and_then(|p| p.get("spec")).context("spec schema")?;
+    assert_eq!(spec.required.clone().unwrap_or_default(), ["regions"]);
+    let image = spec.properties.as_ref().and_then(|p| p.get("image")).context("image schema")?;
+    let expected = format!("ghcr.io/geocache/geocache-node:{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(image.default.as_ref().map(|d| d.0.clone()), Some(json!(expected)));
+    let mut object = minimal();
+    object["spec"].as_object_mut().context("spec")?.remove("image");
+    let gc: GeoCache = serde_json::from_value(object)?;
+    assert_eq!(gc.spec.image, expected);
+    assert!(validate(&gc).is_ok());
+    Ok(())
+}
+
+#[test]
 fn a_minimal_object_passes_once_defaulted() {
     assert_eq!(cel_errors(&minimal()), Vec::<String>::new());
     assert_eq!(rust_errors(&minimal()), Vec::<String>::new());
@@ -175,9 +192,10 @@ fn bad_objects_are_refused_by_the_api_server_rules_and_by_the_operator_alike() {
         ("upper-case region", json!({"regions": [{"name": "EU"}]}), "DNS label"),
         ("underscore region", json!({"regions": [{"name": "eu_west"}]}), "DNS label"),
         ("negative replicas", json!({"regions": [{"name": "eu", "replicas": -1}]}), "replicas must be 0 or more"),
-        ("empty image", json!({"image": ""}), "image is required"),
+        ("empty image", json!({"image": ""}), "image must not be empty"),
         ("endpoint without port", json!({"regions": [{"name": "eu", "endpoint": "eu.example.com"}]}), "endpoint"),
         ("ttl without unit", json!({"defaultTtl": "1 hour"}), "defaultTtl"),
+        ("retention without unit", json!({"tombstoneRetention": "1 day"}), "tombstoneRetention"),
         ("unknown size unit", json!({"maxMemory": "512 parsecs"}), "maxMemory"),
     ];
     for (what, change, phrase) in cases {

@@ -27,12 +27,17 @@ pub fn build_peers_service(plan: &Plan, region: &RegionPlan, owner: Option<&Owne
     }
 }
 
-/// The region's address for applications: HTTP and the Redis protocol, on ready nodes.
+/// The region's address for applications: HTTP and the Redis protocol, on ready nodes;
+/// a `ClusterIP` unless the region's `clientService` says otherwise.
 pub fn build_client_service(plan: &Plan, region: &RegionPlan, owner: Option<&OwnerReference>) -> Service {
+    let mut meta = metadata(plan, region, &region.names.base, owner);
+    if !region.client_service.annotations.is_empty() {
+        meta.annotations = Some(region.client_service.annotations.clone());
+    }
     Service {
-        metadata: metadata(plan, region, &region.names.base, owner),
+        metadata: meta,
         spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
+            type_: Some(region.client_service.type_.as_str().into()),
             selector: Some(selector_labels(&plan.instance, &region.name)),
             ports: Some(vec![port("http", HTTP_PORT), port("resp", RESP_PORT)]),
             ..ServiceSpec::default()
@@ -77,7 +82,7 @@ fn port(name: &str, port: i32) -> ServicePort {
 mod tests {
     use super::*;
     use crate::build::test_support::{plan_of, two_region_plan};
-    use crate::crd::ReplicationService;
+    use crate::crd::{ClientService, ReplicationService};
     use crate::fixtures::{geocache, region};
     use crate::names::labels;
 
@@ -104,6 +109,21 @@ mod tests {
         assert_eq!(svc.metadata.name.as_deref(), Some("cache-us"));
         assert_eq!(ports(&svc), vec![("http".into(), 8080), ("resp".into(), 6379)]);
         assert_eq!(svc.metadata.labels, Some(labels("cache", "us")));
+        assert_eq!(svc.spec.unwrap().type_.as_deref(), Some("ClusterIP"), "applications in the cluster, by default");
+        assert_eq!(svc.metadata.annotations, None);
+    }
+
+    #[test]
+    fn the_client_service_takes_the_type_and_annotations_of_the_region_s_client_service() {
+        let mut gc = geocache("cache", vec![region("eu")]);
+        gc.spec.regions[0].client_service = Some(ClientService {
+            type_: ServiceType::LoadBalancer,
+            annotations: [("lb.example.com/internal".to_string(), "true".to_string())].into(),
+        });
+        let plan = plan_of(&gc);
+        let svc = build_client_service(&plan, &plan.regions[0], None);
+        assert_eq!(svc.spec.unwrap().type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(svc.metadata.annotations.unwrap()["lb.example.com/internal"], "true");
     }
 
     #[test]

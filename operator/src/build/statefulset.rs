@@ -216,6 +216,9 @@ fn node_env(plan: &Plan, region: &RegionPlan) -> Vec<EnvVar> {
     if let Some(ttl) = &plan.default_ttl {
         env.push(env_var("GEOCACHE_DEFAULT_TTL", ttl));
     }
+    if let Some(retention) = &plan.tombstone_retention {
+        env.push(env_var("GEOCACHE_TOMBSTONE_RETENTION", retention));
+    }
     if region.storage.is_some() {
         env.push(env_var("GEOCACHE_DATA_DIR", DATA_DIR));
         env.push(env_var("GEOCACHE_FSYNC", plan.fsync.as_str()));
@@ -462,10 +465,12 @@ mod tests {
     fn region_placement_settings_reach_the_pods() {
         let mut gc = geocache("cache", vec![region("eu")]);
         gc.spec.default_ttl = Some("1h".into());
+        gc.spec.tombstone_retention = Some("2d".into());
         gc.spec.regions[0].node_selector = Some(BTreeMap::from([("zone".to_string(), "a".to_string())]));
         let plan = plan_of(&gc);
         let sts = eu_statefulset(&plan);
         assert_eq!(env_of(&sts)["GEOCACHE_DEFAULT_TTL"], "1h");
+        assert_eq!(env_of(&sts)["GEOCACHE_TOMBSTONE_RETENTION"], "2d");
         let pod = sts.spec.template.spec.unwrap();
         assert_eq!(pod.node_selector.unwrap()["zone"], "a");
         assert_eq!(pod.tolerations, None);
