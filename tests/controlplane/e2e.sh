@@ -13,10 +13,15 @@
 set -Eeuo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-if [ "$(readlink /proc/self/ns/net)" = "$(readlink /proc/1/ns/net)" ]; then
+cd "$repo"
+if [ -z "${GEOCACHE_NETNS:-}" ] || [ "$GEOCACHE_NETNS" != "$(readlink /proc/self/ns/net)" ]; then
+  # What the tier runs is built here: nothing inside the namespace reaches the network.
+  "$here/build.sh" >/dev/null
+  tests/helm.sh >/dev/null
+  echo "building the operator, the node and the test kubelet (cargo build)"
+  cargo build --locked -q --workspace --all-targets
   exec "$here/netns.sh" "$0" "$@"
 fi
-cd "$repo"
 
 started=$SECONDS
 work="${GEOCACHE_E2E_DIR:-$(mktemp -d /tmp/geocache-e2e.XXXXXX)}"
@@ -123,8 +128,6 @@ watchdog=$!
 trap 'log "timed out after ${timeout_s}s"; exit 124' TERM INT
 kubectl() { command kubectl --request-timeout=30s "$@"; }
 
-log "building the operator, the node and the test kubelet (cargo build)"
-cargo build --locked -q --workspace --all-targets
 operator_bin="${CARGO_TARGET_DIR:-$repo/target}/debug/geocache-operator"
 
 start_operator() { # kubeconfig, [lease namespace: run as the chart does, with leader election]

@@ -5,9 +5,13 @@
 # its own pod network, cluster DNS, service proxy and load balancers. Writes
 # DIR/cluster-1.kubeconfig ... DIR/cluster-N.kubeconfig; returns when every API server
 # answers /readyz and every node is Ready. Stop everything with down.sh DIR.
-#   usage: tests/controlplane/netns.sh tests/controlplane/up.sh N DIR
-# Must run inside a private network namespace (netns.sh makes one). Idempotent: what is
-# already running is left alone, so running it again restarts only what was stopped.
+#   usage: tests/controlplane/up.sh N DIR     (as root)
+# Everything runs in a network namespace of its own: started from the machine's namespace,
+# up.sh makes a named one for DIR (`ip netns`, name in DIR/netns) and reaches it with
+#   tests/controlplane/netns.sh --dir DIR kubectl --kubeconfig DIR/cluster-1.kubeconfig get nodes
+# down.sh DIR removes it. Started inside a private namespace already (netns.sh COMMAND, as
+# e2e.sh does), it uses that one. Idempotent: what is already running is left alone, so
+# running it again restarts only what was stopped.
 # Cluster i:  API server 127.<net>.<i>.1:6443 (net: $GEOCACHE_CP_NET, default 60)
 #             pods 10.<10+i>.0.0/16, services 10.<100+i>.0.0/16, DNS 172.31.<i>.53,
 #             load balancers 172.30.<i>.0/24 with a one-way delay of $GEOCACHE_CP_WAN_DELAY
@@ -18,16 +22,21 @@ n="${1:?usage: up.sh N DIR}"
 dir="${2:?usage: up.sh N DIR}"
 net="${GEOCACHE_CP_NET:-60}"
 wan_delay="${GEOCACHE_CP_WAN_DELAY:-20ms}"
-if [ "$(readlink /proc/self/ns/net)" = "$(readlink /proc/1/ns/net)" ]; then
-  echo "up.sh: run me inside a private network namespace: tests/controlplane/netns.sh $0 $*" >&2
-  exit 1
-fi
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
-bin="$("$here/build.sh")"
 repo="$(cd "$here/../.." && pwd)"
+# Built first: nothing inside the namespace reaches the network.
+bin="$("$here/build.sh")"
 echo "building geocache-node and test-kubelet (cargo build --workspace --all-targets, as cargo test builds them)" >&2
 (cd "$repo" && cargo build --locked -q --workspace --all-targets)
+if [ -z "${GEOCACHE_NETNS:-}" ] || [ "$GEOCACHE_NETNS" != "$(readlink /proc/self/ns/net)" ]; then
+  [ "$(id -u)" -eq 0 ] || { echo "up.sh: needs root (network namespaces, veth pairs, mounts)" >&2; exit 1; }
+  name="geocache-cp-$(printf '%s' "$dir" | cksum | cut -d' ' -f1)"
+  ip netns list | grep -qw "^$name" || ip netns add "$name"
+  echo "$name" >"$dir/netns"
+  echo "up.sh: in network namespace $name (reach it with: $here/netns.sh --dir $dir COMMAND)" >&2
+  exec "$here/netns.sh" --dir "$dir" "$0" "$@"
+fi
 target="${CARGO_TARGET_DIR:-$repo/target}/debug"
 
 # not_ready CLUSTER-DIR REASON: says why a cluster did not come up, with the end of its
