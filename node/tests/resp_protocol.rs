@@ -129,13 +129,19 @@ fn redis_cli_round_trips_values_with_spaces_and_binary_bytes_byte_for_byte() {
     expected.push(b'\n');
     assert_eq!(out.stdout, expected, "GET returns the bytes exactly (plus redis-cli's newline)");
 
-    // Over HTTP the raw value is a JSON string (not JSON itself, never garbage).
+    // Over HTTP a raw text value is a JSON string (not JSON itself, never garbage); bytes
+    // that are not text come back as they are, as application/octet-stream.
     let r = node.get(&key_path("spaced"));
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), json!("  a b   c  "));
     let r = node.get(&key_path("binary"));
     assert_eq!(r.status, 200);
-    assert!(r.json().is_string(), "a raw binary value reads over HTTP as a JSON string: {:?}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"), "{:?}", r.headers);
+    assert_eq!(r.body, value, "a binary value reads over HTTP byte for byte");
+    // JSON.GET refuses it rather than hand out a lossy string.
+    let out = node.redis_cli(["JSON.GET", "binary"]);
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(all.contains("WRONGTYPE"), "JSON.GET of a binary value: {all:?}");
 }
 
 #[test]

@@ -99,6 +99,12 @@ impl<'a> ValueRef<'a> {
         Value { encoding: self.encoding, bytes: self.bytes.into() }
     }
 
+    /// A raw value that is not UTF-8 text (written over the Redis protocol): it has no JSON
+    /// form, since a JSON string holds text. Readers hand it out as bytes or refuse.
+    pub fn is_binary(self) -> bool {
+        self.encoding == Encoding::Raw && std::str::from_utf8(self.bytes).is_err()
+    }
+
     /// The value as JSON text (a raw value becomes a JSON string).
     pub fn to_json_bytes(self) -> Cow<'a, [u8]> {
         match self.encoding {

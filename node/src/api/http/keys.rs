@@ -225,13 +225,20 @@ where
 }
 
 fn get(state: &NodeState, key: &str) -> Result<Response, ApiError> {
-    let found = state
-        .db
-        .read(key, |current| current.map(|c| (c.value.to_json_bytes().into_owned(), c.version, c.expires_at)))?;
-    let Some((body, version, expires_at)) = found else { return Err(ApiError::not_found(key)) };
+    let found = state.db.read(key, |current| {
+        current.map(|c| {
+            // Bytes that are not text (a Redis client's binary value) are served as they
+            // are, never as a lossy JSON string.
+            let binary = c.value.is_binary();
+            let body = if binary { c.value.bytes.to_vec() } else { c.value.to_json_bytes().into_owned() };
+            (body, binary, c.version, c.expires_at)
+        })
+    })?;
+    let Some((body, binary, version, expires_at)) = found else { return Err(ApiError::not_found(key)) };
     let mut response = Response::new(body.into());
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let content_type = if binary { "application/octet-stream" } else { "application/json" };
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", version_string(state, version))) {
         h.insert(header::ETAG, v);
     }

@@ -1598,6 +1598,9 @@ fn json_get(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
         .db
         .read(key, |cur| {
             let Some(cur) = cur else { return out.null() };
+            if cur.value.is_binary() {
+                return out.error(b"WRONGTYPE the value is binary, not JSON (read it with GET)");
+            }
             let doc = cur.value.to_json_bytes();
             if format.is_plain() && matches!(paths.as_slice(), [] | [false]) {
                 // The document as stored, byte for byte.
@@ -1624,6 +1627,7 @@ fn json_mget(ctx: &mut Ctx<'_>, args: Args<'_>) -> CommandResult {
     let mut reply = Vec::new();
     for key in keys {
         let read = ctx.state.db.read(key, |cur| match cur {
+            Some(cur) if cur.value.is_binary() => out.null(),
             Some(cur) => {
                 reply.clear();
                 json_for_paths(&cur.value.to_json_bytes(), &[dollar], &mut reply);
