@@ -508,7 +508,7 @@ async fn a_string_written_over_resp_reads_over_http_as_a_json_string_and_json_st
 }
 
 #[tokio::test]
-async fn a_resp_value_with_invalid_utf8_reads_back_byte_for_byte_and_as_valid_json_over_http() {
+async fn a_resp_value_with_invalid_utf8_reads_back_byte_for_byte_over_resp_and_http() {
     let node = start();
     within(MIN, async {
         let mut con = redis_conn(&node).await;
@@ -520,13 +520,10 @@ async fn a_resp_value_with_invalid_utf8_reads_back_byte_for_byte_and_as_valid_js
             let _: () = con.set(&key, *value).await.unwrap();
             let back: Vec<u8> = con.get(&key).await.unwrap();
             assert_eq!(&back[..], *value, "RESP GET {key} is byte for byte");
-            let body = http.get_body(&key).await.expect("readable over HTTP");
-            assert!(
-                serde_json::from_slice::<Json>(&body).is_ok(),
-                "HTTP GET {key} (written as {:?}) must be valid JSON, got {:?}",
-                String::from_utf8_lossy(value),
-                String::from_utf8_lossy(&body)
-            );
+            // Not text, so not a JSON string either: HTTP serves the bytes, saying so.
+            let r = http.get(&key).await;
+            assert_eq!(header(&r, "content-type").as_deref(), Some("application/octet-stream"), "HTTP GET {key}");
+            assert_eq!(r.bytes().await.unwrap().as_ref(), *value, "HTTP GET {key} is byte for byte");
         }
     })
     .await;
@@ -627,7 +624,7 @@ fn any_key_and_json_document_round_trips_byte_for_byte_over_http_and_resp() {
 }
 
 #[test]
-fn any_byte_string_written_over_resp_reads_back_byte_for_byte_and_as_json_over_http() {
+fn any_byte_string_written_over_resp_reads_back_byte_for_byte_and_over_http_as_json_or_bytes() {
     let node = start();
     let con = std::cell::RefCell::new(sync_redis(&node));
     proptest!(proptest_config(64), |(key in "[a-z0-9:]{1,20}", value in prop::collection::vec(any::<u8>(), 0..300))| {
@@ -636,13 +633,20 @@ fn any_byte_string_written_over_resp_reads_back_byte_for_byte_and_as_json_over_h
         prop_assert_eq!(&back, &value);
         let r = node.get(&key_path(&key));
         prop_assert_eq!(r.status, 200);
-        let parsed: Result<Json, _> = serde_json::from_slice(&r.body);
-        prop_assert!(parsed.is_ok(), "HTTP body of a RESP value is JSON: {:?}", r.text());
-        if let Ok(s) = std::str::from_utf8(&value) {
-            if serde_json::from_str::<Json>(s).is_err() {
-                prop_assert_eq!(parsed.unwrap(), Json::String(s.to_string()), "a non-JSON string reads as that JSON string");
-            } else {
-                prop_assert_eq!(&r.body, &value, "JSON stays JSON byte for byte");
+        match std::str::from_utf8(&value) {
+            Ok(s) => {
+                prop_assert_eq!(r.header("content-type"), Some("application/json"));
+                let parsed: Result<Json, _> = serde_json::from_slice(&r.body);
+                prop_assert!(parsed.is_ok(), "HTTP body of a RESP text value is JSON: {:?}", r.text());
+                if serde_json::from_str::<Json>(s).is_err() {
+                    prop_assert_eq!(parsed.unwrap(), Json::String(s.to_string()), "a non-JSON string reads as that JSON string");
+                } else {
+                    prop_assert_eq!(&r.body, &value, "JSON stays JSON byte for byte");
+                }
+            }
+            Err(_) => {
+                prop_assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+                prop_assert_eq!(&r.body, &value, "bytes that are not text read back byte for byte");
             }
         }
     });
