@@ -701,3 +701,39 @@ fn a_read_with_a_token_from_another_region_sees_that_write_or_says_so() {
     });
     f.finish();
 }
+
+/// A partition longer than `--tombstone-retention` cannot be healed without risk (a delete
+/// forgotten on one side cannot reach the other), so the nodes say so when it ends: a
+/// warning and `geocache_replication_long_partitions_total`. A shorter one says nothing.
+#[test]
+fn a_peer_back_after_a_partition_longer_than_the_tombstone_retention_is_reported() {
+    let f = Fleet::builder("longpart")
+        .regions(&["eu", "ap"])
+        .nodes_per_region(1)
+        .args(["--tombstone-retention", "8s", "--peer-timeout", "1s"])
+        .time_limit(Duration::from_secs(60))
+        .start();
+    f.wait_all_peers_up(15 * SEC);
+    let long_partitions = |f: &Fleet, id: &str| {
+        metric_value(&f.node(id).metrics_text(), "geocache_replication_long_partitions_total").unwrap_or(-1.0)
+    };
+    assert_eq!(long_partitions(&f, "eu-0"), 0.0);
+
+    f.step("a partition shorter than the retention is not reported");
+    f.isolate("ap");
+    f.sleep(Duration::from_secs(1));
+    f.heal_all();
+    f.wait_all_peers_up(15 * SEC);
+    // Silence counts from the last frame, so reconnecting adds its back-off (about 2 s).
+    assert_eq!(long_partitions(&f, "eu-0"), 0.0, "a 1 s partition is within the 8 s retention");
+
+    f.step("a partition longer than the retention is reported by both sides when it ends");
+    f.isolate("ap");
+    f.sleep(Duration::from_secs(10));
+    f.heal_all();
+    f.wait_all_peers_up(15 * SEC);
+    for id in ["eu-0", "ap-0"] {
+        f.wait_for(&format!("{id} reports the long partition"), 10 * SEC, |f| long_partitions(f, id) >= 1.0);
+    }
+    f.finish();
+}

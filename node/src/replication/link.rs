@@ -107,6 +107,16 @@ async fn connect_and_push(state: &Arc<NodeState>, addr: &str) -> Result<(), Link
             p.node_id = Some(peer.node_id.clone());
             p.region = Some(peer.region.clone());
             if !redundant {
+                let retention_ms = state.db.store().config().tombstone_retention_ms;
+                if let Some(away) = p.last_seen.map(|t| t.elapsed()).filter(|a| a.as_millis() as u64 > retention_ms) {
+                    // Deletes older than the retention are forgotten: one that happened
+                    // on one side of this partition cannot reach the other any more.
+                    repl.counters.long_partitions.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        peer = %peer.node_id, region = %peer.region, away_s = away.as_secs(), retention_s = retention_ms / 1000,
+                        "peer returns after a partition longer than --tombstone-retention: keys deleted meanwhile on one side may come back; set the retention above the longest partition to tolerate"
+                    );
+                }
                 p.connected = true;
                 p.last_seen = Some(Instant::now());
                 p.acked = peer_positions.clone();

@@ -70,6 +70,8 @@ pub struct ReplicationCounters {
     pub dropped_frames: AtomicU64,
     pub link_errors: AtomicU64,
     pub skewed_peers: AtomicU64,
+    /// Links made again after a partition longer than the tombstone retention.
+    pub long_partitions: AtomicU64,
 }
 
 /// The level a write waits for.
@@ -350,6 +352,12 @@ impl Replication {
             "counter",
             "Times a peer's clock was seen beyond --max-clock-skew.",
             &[(String::new(), load(&c.skewed_peers))],
+        );
+        metric(
+            "geocache_replication_long_partitions_total",
+            "counter",
+            "Peers that came back after a partition longer than --tombstone-retention (deleted keys may come back).",
+            &[(String::new(), load(&c.long_partitions))],
         );
     }
 
