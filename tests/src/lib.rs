@@ -351,7 +351,8 @@ impl NodeAddrs {
 /// `CARGO_BIN_EXE_geocache-node`: `$GEOCACHE_NODE_BIN` when set, else the binary next
 /// to the running test executable's directory (`target/<profile>/deps/x-hash` →
 /// `target/<profile>/geocache-node`), which `cargo test --workspace` builds before it
-/// runs any test. Panics with what to do when it is missing.
+/// runs any test (and which is rebuilt here when the node's sources are newer). Panics
+/// with what to do when it is missing.
 pub fn node_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("GEOCACHE_NODE_BIN") {
         let bin = PathBuf::from(bin);
@@ -372,18 +373,20 @@ pub fn node_binary() -> PathBuf {
          `cargo test --workspace` builds it too), or set GEOCACHE_NODE_BIN",
         bin.display()
     );
-    warn_if_stale(&bin);
+    rebuild_if_stale(&bin);
     bin
 }
 
-/// Warns (once per test executable) when a source file of the node crate is newer
-/// than `bin`: `cargo test -p geocache-tests` alone does not rebuild the binary.
-fn warn_if_stale(bin: &Path) {
+/// Rebuilds `bin` (once per test executable) when a source file of the node crate is
+/// newer than it: `cargo test -p geocache-tests` alone does not build the binary, and a
+/// test must never pass or fail on old code.
+fn rebuild_if_stale(bin: &Path) {
     static CHECKED: std::sync::Once = std::sync::Once::new();
     CHECKED.call_once(|| {
         let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else { return };
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/src");
         let mut dirs = vec![src];
+        let mut stale = None;
         while let Some(dir) = dirs.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for entry in entries.flatten() {
@@ -391,16 +394,29 @@ fn warn_if_stale(bin: &Path) {
                 if path.is_dir() {
                     dirs.push(path);
                 } else if entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t > built) {
-                    eprintln!(
-                        "geocache-tests: warning: {} is newer than {}: run `cargo build -p geocache-node` \
-                         (or `cargo test --workspace`) to test the current code",
-                        path.display(),
-                        bin.display()
-                    );
-                    return;
+                    stale = Some(path);
                 }
             }
         }
+        let Some(newer) = stale else { return };
+        let profile = match bin.parent().and_then(Path::file_name).and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
+        eprintln!(
+            "geocache-tests: {} is newer than {}: rebuilding it (cargo build -p geocache-node --profile {profile})",
+            newer.display(),
+            bin.display()
+        );
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "geocache-node", "--bin", "geocache-node", "--profile", profile])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "rebuilding geocache-node failed ({status:?}); run `cargo build -p geocache-node`"
+        );
     });
 }
 
