@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The end-to-end tier: the real operator binary against real Kubernetes control planes
-# (v1.37.2, built by build.sh), whose test kubelets run the real node binary as processes,
-# first with one cluster, then with three. Exit status 0 only when every check passed.
+# The end-to-end tier: the operator's Helm chart and the nodes on real Kubernetes control
+# planes (v1.37.2, built by build.sh), whose test kubelets run the real operator and node
+# binaries as the pods' processes, first with one cluster, then with three. Exit status 0 only when every check passed.
 #   usage: tests/controlplane/e2e.sh            (as root; it makes its own network namespace)
 # Env: GEOCACHE_E2E_DIR (work directory; default a new one under /tmp, removed on success),
 #      GEOCACHE_E2E_TIMEOUT (hard bound in seconds, default 1800),
@@ -26,7 +26,6 @@ fi
 started=$SECONDS
 work="${GEOCACHE_E2E_DIR:-$(mktemp -d /tmp/geocache-e2e.XXXXXX)}"
 mkdir -p "$work"
-operator_pid=""
 current_dir=""
 checks=0
 
@@ -71,7 +70,6 @@ dump() {
   done
   df -h "$current_dir" || true
   echo "### operator log (tail)"
-  tail -40 "$current_dir/operator.log" 2>/dev/null || true
   for f in "$current_dir"/cluster-1/kubelet/pods/geocache-system_*/container.log; do
     [ -f "$f" ] || continue
     echo "### $f (tail)"
@@ -89,18 +87,7 @@ dump() {
   done
 }
 
-stop_operator() {
-  if [ -n "$operator_pid" ]; then
-    kill -TERM "$operator_pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$operator_pid" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$operator_pid" 2>/dev/null || true
-    wait "$operator_pid" 2>/dev/null || true
-    operator_pid=""
-  fi
-}
-
 down() {
-  stop_operator
   if [ -n "$current_dir" ]; then "$here/down.sh" "$current_dir" || true; fi
 }
 
@@ -127,18 +114,6 @@ timeout_s="${GEOCACHE_E2E_TIMEOUT:-1800}"
 watchdog=$!
 trap 'log "timed out after ${timeout_s}s"; exit 124' TERM INT
 kubectl() { command kubectl --request-timeout=30s "$@"; }
-
-operator_bin="${CARGO_TARGET_DIR:-$repo/target}/debug/geocache-operator"
-
-start_operator() { # kubeconfig, [lease namespace: run as the chart does, with leader election]
-  operator_runs=$((${operator_runs:-0} + 1))
-  KUBECONFIG="$1" RUST_LOG=info POD_NAME="geocache-operator-e2e-$operator_runs" POD_NAMESPACE="${2:-}" \
-    "$operator_bin" --http-addr 127.0.0.1:18080 --resync-seconds 10 --log-format text \
-    --leader-elect "$([ -n "${2:-}" ] && echo true || echo false)" ${2:+--lease-namespace "$2"} \
-    >>"$current_dir/operator.log" 2>&1 &
-  operator_pid=$!
-  wait_for "the operator answers /healthz" 60 curl -sf http://127.0.0.1:18080/healthz
-}
 
 # kubeconfig_for_token KUBECONFIG TOKEN: the cluster of KUBECONFIG, authenticating with TOKEN.
 kubeconfig_for_token() {
@@ -245,6 +220,15 @@ resource_versions() { # namespace, instance: what the operator writes (not what 
   } | sort
 }
 
+# install_operator: the operator's chart in cluster $K, as users install it; its pod runs.
+install_operator() {
+  "$("$repo/tests/helm.sh")" --kubeconfig "$K" install geocache charts/geocache-operator \
+    --namespace geocache-system --create-namespace --set resyncSeconds=10 --set logFormat=text >/dev/null
+  pass "helm install of charts/geocache-operator"
+  wait_for "the CRD is established" 60 k wait --for condition=established crd/geocaches.geocache.dev --timeout=5s
+  wait_for "the operator's pod is ready (in cluster, with its ServiceAccount's token)" 120 operator_ready
+}
+
 # --- one cluster ----------------------------------------------------------------------------
 scenario_one() {
   current_dir="$work/one"
@@ -257,13 +241,7 @@ scenario_one() {
   # Deployment, whose pod the test kubelet runs (image geocache-operator) with in-cluster
   # configuration: the API server at the kubernetes Service, the ServiceAccount's token
   # projected into the pod. So the chart's Deployment, probes and RBAC are what runs.
-  local helm
-  helm="$("$repo/tests/helm.sh")"
-  "$helm" --kubeconfig "$K" install geocache charts/geocache-operator --namespace geocache-system \
-    --create-namespace --set resyncSeconds=10 --set logFormat=text >/dev/null
-  pass "helm install of charts/geocache-operator"
-  wait_for "the CRD is established" 60 k wait --for condition=established crd/geocaches.geocache.dev --timeout=5s
-  wait_for "the operator's pod is ready (in cluster, with its ServiceAccount's token)" 120 operator_ready
+  install_operator
   local file message out
   for file in invalid-duplicate-regions:"region names must be unique" \
     invalid-negative-replicas:"replicas must be 0 or more" \
@@ -408,8 +386,9 @@ scenario_three() {
   "$here/up.sh" 3 "$current_dir"
   local c1="$current_dir/cluster-1.kubeconfig" c2="$current_dir/cluster-2.kubeconfig" c3="$current_dir/cluster-3.kubeconfig"
   K="$c1"
-  k apply -f crds/geocache.yaml >/dev/null
-  wait_for "the CRD is established" 60 k wait --for condition=established crd/geocaches.geocache.dev --timeout=5s
+  # The operator runs in cluster 1, as a pod of the chart's Deployment; it reaches the member
+  # clusters' API servers through the pod network, with the member RBAC's tokens.
+  install_operator
   k create namespace geocache >/dev/null
   member_kubeconfig 2 >"$current_dir/us.kubeconfig"
   member_kubeconfig 3 >"$current_dir/ap.kubeconfig"
@@ -417,7 +396,6 @@ scenario_three() {
   k -n geocache create secret generic ap-kubeconfig --from-file=kubeconfig="$current_dir/ap.kubeconfig" >/dev/null
   pass "member clusters are reached with the rights of examples/member-cluster-rbac.yaml"
 
-  start_operator "$c1"
   k apply -f "$here/e2e/geocache-3-clusters.yaml" >/dev/null
   wait_for "the GeoCache is ready in three clusters (3/3 regions)" 240 gc_ready geocache sessions 3/3
   K="$c2" wait_for "region us runs in cluster 2" 5 sts_ready geocache sessions-us 2

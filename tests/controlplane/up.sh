@@ -12,7 +12,9 @@
 # down.sh DIR removes it. Started inside a private namespace already (netns.sh COMMAND, as
 # e2e.sh does), it uses that one. Idempotent: what is already running is left alone, so
 # running it again restarts only what was stopped.
-# Cluster i:  API server 127.<net>.<i>.1:6443 (net: $GEOCACHE_CP_NET, default 60)
+# Cluster i:  API server 172.29.<i>.1:6443 (reachable from pods too, as in any cluster),
+#             etcd, controller manager, scheduler and the node at 127.<net>.<i>.1 (net:
+#             $GEOCACHE_CP_NET, default 60)
 #             pods 10.<10+i>.0.0/16, services 10.<100+i>.0.0/16, DNS 172.31.<i>.53,
 #             load balancers 172.30.<i>.0/24 with a one-way delay of $GEOCACHE_CP_WAN_DELAY
 #             (default 20ms) in front of them, like a WAN between clusters.
@@ -82,6 +84,8 @@ start() { # name, log, command...
 
 for i in $(seq 1 "$n"); do
   ip="127.$net.$i.1"
+  api="172.29.$i.1"
+  ip addr replace "$api/32" dev lo
   d="$dir/cluster-$i"
   mkdir -p "$d/pki" "$d/etcd"
   chmod 700 "$d/etcd"
@@ -94,7 +98,7 @@ for i in $(seq 1 "$n"); do
       -subj "/CN=cluster-$i-ca" 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -keyout "$d/pki/apiserver.key" -out "$d/pki/apiserver.csr" \
       -subj "/CN=kube-apiserver" 2>/dev/null
-    printf '%s\n' "subjectAltName=IP:$ip,IP:10.$((100 + i)).0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" \
+    printf '%s\n' "subjectAltName=IP:$api,IP:$ip,IP:10.$((100 + i)).0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" \
       "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$d/pki/apiserver.ext"
     openssl x509 -req -in "$d/pki/apiserver.csr" -CA "$d/pki/ca.crt" -CAkey "$d/pki/ca.key" -CAcreateserial \
       -out "$d/pki/apiserver.crt" -days 3650 -extfile "$d/pki/apiserver.ext" 2>/dev/null
@@ -111,7 +115,7 @@ kind: Config
 clusters:
 - name: cluster-$i
   cluster:
-    server: https://$ip:6443
+    server: https://$api:6443
     certificate-authority-data: $(base64 -w0 "$d/pki/ca.crt")
 users:
 - name: admin
@@ -124,17 +128,17 @@ contexts:
     user: admin
 current-context: cluster-$i
 KUBECONFIG
-  echo "cluster-$i: starting on $ip" >&2
+  echo "cluster-$i: starting (API server $api)" >&2
   start etcd "$d/etcd.log" "$bin/etcd" --name "cluster-$i" --data-dir "$d/etcd" \
     --listen-client-urls "http://$ip:2379" --advertise-client-urls "http://$ip:2379" \
     --listen-peer-urls "http://$ip:2380" --initial-advertise-peer-urls "http://$ip:2380" \
     --initial-cluster "cluster-$i=http://$ip:2380" --log-level warn
   start kube-apiserver "$d/kube-apiserver.log" "$bin/kube-apiserver" \
-    --etcd-servers "http://$ip:2379" --bind-address "$ip" --advertise-address "$ip" --secure-port 6443 \
+    --etcd-servers "http://$ip:2379" --bind-address "$api" --advertise-address "$api" --secure-port 6443 \
     --tls-cert-file "$d/pki/apiserver.crt" --tls-private-key-file "$d/pki/apiserver.key" --token-auth-file "$d/tokens.csv" --authorization-mode RBAC \
     --service-account-issuer "https://kubernetes.default.svc" --service-account-key-file "$d/pki/sa.pub" \
     --service-account-signing-key-file "$d/pki/sa.key" --service-cluster-ip-range "10.$((100 + i)).0.0/16" \
-    --allow-privileged=true --endpoint-reconciler-type none
+    --allow-privileged=true
 done
 for i in $(seq 1 "$n"); do
   ip="127.$net.$i.1"

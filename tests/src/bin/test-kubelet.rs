@@ -93,9 +93,6 @@ async fn main() -> anyhow::Result<()> {
         std::fs::read_to_string(&args.kubeconfig).with_context(|| format!("reading {}", args.kubeconfig.display()))?;
     let kubeconfig = Kubeconfig::from_yaml(&text)?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    let api_host = config.cluster_url.host().unwrap_or_default().trim_matches(['[', ']']).to_string();
-    let api_port = config.cluster_url.port_u16().unwrap_or(443);
-    let api_server = tokio::net::lookup_host((api_host.as_str(), api_port)).await?.next();
     let client = kube::Client::try_from(config)?;
 
     network::prepare_host().context("preparing the host network (root, in a private network namespace?)")?;
@@ -121,7 +118,6 @@ async fn main() -> anyhow::Result<()> {
         lb_pool,
         lb_delay: args.lb_delay,
         poll_interval: Duration::from_millis(500),
-        api_server,
     };
     let proxy = tokio::spawn(service_proxy::run(client.clone(), proxy_config, records, shutdown.clone()));
     let pods_config = PodsConfig {

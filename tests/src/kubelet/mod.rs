@@ -13,8 +13,7 @@
 //! - CNI ([`network`]): a veth pair per pod, the pod's own address routed to it;
 //! - probes ([`probes`]): readiness, liveness and startup probes over HTTP;
 //! - kube-proxy and a cloud's load balancers ([`service_proxy`]): every ClusterIP and
-//!   LoadBalancer Service gets a userspace proxy (the `kubernetes` Service leads to the API
-//!   server); load balancers delay bytes like a WAN;
+//!   LoadBalancer Service gets a userspace proxy; load balancers delay bytes like a WAN;
 //! - cluster DNS ([`dns`]): `*.svc.<cluster domain>` names for Services and StatefulSet pods;
 //! - a storage provisioner ([`storage`]): a local volume for every claim.
 

@@ -46,11 +46,6 @@ pub struct ServiceProxyConfig {
     pub lb_delay: Duration,
     /// Time between two polls of the API server, e.g. 500 ms.
     pub poll_interval: Duration,
-    /// Where the Service `default/kubernetes` leads while it has no endpoints: the API
-    /// server. Its endpoint reconciler cannot publish it, since a loopback address is not a
-    /// valid endpoint, so this proxy plays that part and in-cluster clients (the operator's
-    /// pod) reach the API server at its ClusterIP, as in any cluster.
-    pub api_server: Option<SocketAddr>,
 }
 
 /// A Service by namespace and name.
@@ -295,10 +290,7 @@ pub fn desired_state(
                     }
                 }
                 for (number, port) in tcp_ports(service) {
-                    let mut upstreams = upstreams(slices, port);
-                    if upstreams.is_empty() && key.namespace == "default" && key.name == "kubernetes" {
-                        upstreams.extend(config.api_server);
-                    }
+                    let upstreams = upstreams(slices, port);
                     let mut listen = vec![(ip, Duration::ZERO)];
                     listen.extend(ingress.map(|ingress| (ingress, config.lb_delay)));
                     for (ip, delay) in listen {
@@ -586,7 +578,6 @@ mod tests {
             lb_pool: vec![Ipv4Addr::new(10, 200, 0, 1), Ipv4Addr::new(10, 200, 0, 2)],
             lb_delay: Duration::from_millis(40),
             poll_interval: Duration::from_millis(500),
-            api_server: Some(sa("127.60.1.1:6443")),
         }
     }
 
@@ -846,17 +837,5 @@ mod tests {
         let d = desired_state(&[peers, a], &[], &config, &BTreeMap::new());
         assert_eq!(d.dns, HashMap::from([("a.ns.svc.cluster.example".to_string(), vec![ip("10.96.0.1")])]));
         assert_eq!(d.addresses, BTreeSet::from([ip("10.96.0.1")]));
-    }
-
-    #[test]
-    fn the_kubernetes_service_leads_to_the_api_server_until_it_has_endpoints_of_its_own() {
-        let spec = json!({"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "targetPort": 6443}]});
-        let mut kubernetes = service("kubernetes", spec.clone());
-        kubernetes.metadata.namespace = Some("default".into());
-        let d = desired(std::slice::from_ref(&kubernetes), &[]);
-        assert_eq!(upstreams_of(&d, "10.96.0.1:443"), [sa("127.60.1.1:6443")]);
-        let elsewhere = service("kubernetes", spec);
-        let d = desired(&[elsewhere], &[]);
-        assert!(upstreams_of(&d, "10.96.0.1:443").is_empty(), "only default/kubernetes is the API server");
     }
 }
