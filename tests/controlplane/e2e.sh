@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The end-to-end tier: the operator's Helm chart and the nodes on real Kubernetes control
 # planes (v1.37.2, built by build.sh), whose test kubelets run the real operator and node
-# binaries as the pods' processes, first with one cluster, then with three. Exit status 0 only when every check passed.
+# binaries as the pods' processes, first with one cluster, then with three. Exit status 0
+# only when every check passed.
 #   usage: tests/controlplane/e2e.sh            (as root; it makes its own network namespace)
 # Env: GEOCACHE_E2E_DIR (work directory; default a new one under /tmp, removed on success),
 #      GEOCACHE_E2E_TIMEOUT (hard bound in seconds, default 1800),
