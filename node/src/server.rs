@@ -100,6 +100,9 @@ pub async fn spawn_node(config: Config) -> Result<NodeHandle, StartError> {
         },
         origins.clone(),
     );
+    // Until the peers are reached, they may have missed deletes: keep tombstones (also
+    // those recovered from disk) until the replication manager sees every peer up.
+    store.set_tombstone_hold(!config.replication.seeds.is_empty() || config.replication.peers_file.is_some());
     let limits = Limits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
 
     // The newest version recovered (loader threads raise it; writes are rare once it is high).

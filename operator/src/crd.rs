@@ -86,8 +86,8 @@ pub struct GeoCacheSpec {
     pub default_ttl: Option<String>,
 
     /// How long a delete (or an expiry) is remembered, e.g. `1h` or `2d` (absent: the node's
-    /// default, 1h). A region cut off for longer than this can bring deleted keys back when
-    /// it returns, so set it above the longest partition you tolerate.
+    /// default, 1h); 10 times longer while a peer is unreachable, so that a region cut off
+    /// for less than that still gets the deletes it missed when it returns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), extend("x-kubernetes-validations" = [
         {"rule": "self.matches('^([0-9]+(ms|s|m|h|d))+$') || self.matches('^[0-9]+$')",

@@ -16,7 +16,7 @@ use super::{Positions, Read};
 use crate::clock;
 use crate::persist::record;
 use crate::state::NodeState;
-use crate::store::OriginId;
+use crate::store::{OriginId, TOMBSTONE_HOLD_FACTOR};
 
 /// Target size of one batch or snapshot chunk.
 const CHUNK_BYTES: usize = 256 << 10;
@@ -107,14 +107,15 @@ async fn connect_and_push(state: &Arc<NodeState>, addr: &str) -> Result<(), Link
             p.node_id = Some(peer.node_id.clone());
             p.region = Some(peer.region.clone());
             if !redundant {
-                let retention_ms = state.db.store().config().tombstone_retention_ms;
-                if let Some(away) = p.last_seen.map(|t| t.elapsed()).filter(|a| a.as_millis() as u64 > retention_ms) {
-                    // Deletes older than the retention are forgotten: one that happened
-                    // on one side of this partition cannot reach the other any more.
+                // Tombstones are held while a peer is unreachable, but not forever.
+                let held_ms = state.db.store().config().tombstone_retention_ms.saturating_mul(TOMBSTONE_HOLD_FACTOR);
+                if let Some(away) = p.last_seen.map(|t| t.elapsed()).filter(|a| a.as_millis() as u64 > held_ms) {
+                    // Deletes older than that are forgotten: one that happened on one side
+                    // of this partition cannot reach the other any more.
                     repl.counters.long_partitions.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
-                        peer = %peer.node_id, region = %peer.region, away_s = away.as_secs(), retention_s = retention_ms / 1000,
-                        "peer returns after a partition longer than --tombstone-retention: keys deleted meanwhile on one side may come back; set the retention above the longest partition to tolerate"
+                        peer = %peer.node_id, region = %peer.region, away_s = away.as_secs(), held_s = held_ms / 1000,
+                        "peer returns after a partition longer than deletes are held (10 x --tombstone-retention): keys deleted meanwhile on one side may come back"
                     );
                 }
                 p.connected = true;

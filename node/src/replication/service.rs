@@ -70,7 +70,7 @@ pub struct ReplicationCounters {
     pub dropped_frames: AtomicU64,
     pub link_errors: AtomicU64,
     pub skewed_peers: AtomicU64,
-    /// Links made again after a partition longer than the tombstone retention.
+    /// Links made again after a partition longer than tombstones are held.
     pub long_partitions: AtomicU64,
 }
 
@@ -356,7 +356,7 @@ impl Replication {
         metric(
             "geocache_replication_long_partitions_total",
             "counter",
-            "Peers that came back after a partition longer than --tombstone-retention (deleted keys may come back).",
+            "Peers that came back after a partition longer than deletes are held (10 x --tombstone-retention; deleted keys may come back).",
             &[(String::new(), load(&c.long_partitions))],
         );
     }
@@ -539,6 +539,33 @@ fn reload_peers_file(state: &NodeState, path: &std::path::Path) {
 }
 
 /// Keeps one link task per peer, reloads the peers file, and drops silent peers.
+/// While a peer is unreachable it misses deletes, and after a long partition it may only
+/// get them from a full resync, which carries tombstones but not forgotten ones: so the
+/// store keeps them past the retention until every peer is up again.
+fn hold_tombstones_while_a_peer_is_unreachable(state: &NodeState) {
+    let repl = &state.replication;
+    let now = Instant::now();
+    let down: Vec<String> = repl
+        .table
+        .lock()
+        .iter()
+        .filter(|p| !p.redundant && !p.is_up(now, repl.config.peer_timeout))
+        .map(|p| p.node_id.clone().unwrap_or_else(|| p.addr.clone()))
+        .collect();
+    let store = state.db.store();
+    let hold = !down.is_empty();
+    if store.set_tombstone_hold(hold) != hold {
+        if hold {
+            tracing::info!(
+                peers = ?down, hold_s = store.tombstone_retention_ms() / 1000,
+                "peers unreachable: keeping deletes past the tombstone retention until they are back"
+            );
+        } else {
+            tracing::info!("every peer is reachable: deletes older than the tombstone retention are forgotten again");
+        }
+    }
+}
+
 async fn manage_peers(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
     let repl = &state.replication;
     let mut links: std::collections::HashMap<String, tokio::task::JoinHandle<()>> = std::collections::HashMap::new();
@@ -563,6 +590,7 @@ async fn manage_peers(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>
         for addr in dropped {
             tracing::info!(addr = %addr, "dropped a silent peer learned by gossip");
         }
+        hold_tombstones_while_a_peer_is_unreachable(&state);
         let addrs: Vec<String> = repl.table.lock().iter().map(|p| p.addr.clone()).collect();
         // Records are kept for peers only while there are peers to push to.
         state.db.journal().set_backlog(!addrs.is_empty());

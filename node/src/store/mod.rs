@@ -17,7 +17,7 @@ mod value;
 use std::cmp::Ordering as CmpOrdering;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use hashbrown::HashTable;
 use parking_lot::Mutex;
@@ -287,7 +287,14 @@ pub struct Store {
     counters: StoreCounters,
     /// Wall-clock ms when the store started: the origin of access times.
     started_ms: u64,
+    /// Set while a peer is unreachable: tombstones are then kept for
+    /// [`TOMBSTONE_HOLD_FACTOR`] times the retention, so that a delete made during a
+    /// partition still reaches the other side when it ends.
+    tombstone_hold: AtomicBool,
 }
+
+/// How much longer than the retention tombstones are kept while a peer is unreachable.
+pub const TOMBSTONE_HOLD_FACTOR: u64 = 10;
 
 impl Store {
     /// Access time of `now_ms`: ms since the store started, wrapping after ~49 days
@@ -309,6 +316,23 @@ impl Store {
             origins,
             counters: StoreCounters::default(),
             started_ms: clock::now_ms(),
+            tombstone_hold: AtomicBool::new(false),
+        }
+    }
+
+    /// Holds tombstones past the retention (while a peer is unreachable: up to
+    /// [`TOMBSTONE_HOLD_FACTOR`] times it) or lets them go; returns the previous setting.
+    pub fn set_tombstone_hold(&self, hold: bool) -> bool {
+        self.tombstone_hold.swap(hold, Ordering::Relaxed)
+    }
+
+    /// How long an absent key is remembered now: the retention, or longer while held.
+    pub fn tombstone_retention_ms(&self) -> u64 {
+        let retention = self.config.tombstone_retention_ms;
+        if self.tombstone_hold.load(Ordering::Relaxed) {
+            retention.saturating_mul(TOMBSTONE_HOLD_FACTOR)
+        } else {
+            retention
         }
     }
 
@@ -513,7 +537,7 @@ impl Store {
         let expired = record.value.is_some() && record.expires_at.is_some_and(|at| at <= now_ms);
         let absent_since = clock::physical_ms(record.version.hlc).max(record.expires_at.unwrap_or(0));
         let absent = record.value.is_none() || expired;
-        if absent && absent_since + self.config.tombstone_retention_ms <= now_ms {
+        if absent && absent_since.saturating_add(self.tombstone_retention_ms()) <= now_ms {
             // Newer than what we hold, but absent for longer than the retention: the
             // key is simply absent.
             if let Some(p) = pos {
@@ -570,11 +594,11 @@ impl Store {
     /// An expired entry is given as a tombstone of the same version: absent, but still
     /// able to stop an older write from coming back.
     pub fn scan_shard(&self, shard: usize, now_ms: u64, mut f: impl FnMut(RecordRef<'_>)) {
-        let retention = self.config.tombstone_retention_ms;
+        let retention = self.tombstone_retention_ms();
         let s = self.shards[shard].lock();
         for slot in &s.slots {
             let absent = slot.is_tombstone() || slot.is_expired(now_ms);
-            if absent && slot.absent_since() + retention <= now_ms {
+            if absent && slot.absent_since().saturating_add(retention) <= now_ms {
                 continue;
             }
             let record = slot.record();
@@ -586,7 +610,7 @@ impl Store {
     /// every shard, continuing where the previous sweep stopped.
     pub fn sweep(&self, now_ms: u64, budget: usize) -> Freed {
         let mut freed = Freed::default();
-        let tombstone_cutoff = now_ms.saturating_sub(self.config.tombstone_retention_ms);
+        let tombstone_cutoff = now_ms.saturating_sub(self.tombstone_retention_ms());
         for shard in self.shards.iter() {
             let mut s = shard.lock();
             let mut seen = 0;

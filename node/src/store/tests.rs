@@ -143,6 +143,32 @@ fn tombstones_are_purged_after_their_retention() {
 }
 
 #[test]
+fn while_held_tombstones_outlive_the_retention_in_sweeps_snapshots_and_replays() {
+    let cfg = StoreConfig { tombstone_retention_ms: 1000, ..StoreConfig::default() };
+    let s = Store::new(cfg, origins());
+    s.apply(record("k", None, clock::pack(NOW, 0), OriginId::LOCAL).as_ref(), NOW);
+    assert!(!s.set_tombstone_hold(true));
+    assert_eq!(s.sweep(NOW + 5000, 100).tombstones, 0, "a held tombstone is not purged");
+    let mut scanned = Vec::new();
+    for shard in 0..s.shard_count() {
+        s.scan_shard(shard, NOW + 5000, |r| scanned.push((r.key.to_string(), r.value.is_none())));
+    }
+    assert_eq!(scanned, [("k".to_string(), true)], "a full resync carries a held tombstone");
+    // A delete as old arriving from a peer is kept too (not taken as simply absent).
+    s.apply(record("j", None, clock::pack(NOW, 0), OriginId::LOCAL).as_ref(), NOW + 5000);
+    assert_eq!(s.tombstones(), 2);
+    // ... and it stops the older write it hides.
+    assert!(!s.apply(record("j", Some("1"), clock::pack(NOW - 10, 0), OriginId::LOCAL).as_ref(), NOW + 5000));
+    // Held for 10 times the retention, not forever.
+    assert_eq!(s.sweep(NOW + 10_001, 100).tombstones, 2);
+    // Released: the retention applies again.
+    s.apply(record("i", None, clock::pack(NOW, 0), OriginId::LOCAL).as_ref(), NOW + 5000);
+    assert!(s.set_tombstone_hold(false));
+    assert_eq!(s.sweep(NOW + 5000, 100).tombstones, 1);
+    assert_eq!(s.tombstones(), 0);
+}
+
+#[test]
 fn eviction_keeps_accounted_memory_under_the_limit_and_prefers_cold_keys() {
     let cfg = StoreConfig { max_memory: Some(200_000), ..StoreConfig::default() };
     let s = Store::new(cfg, origins());
