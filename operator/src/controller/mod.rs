@@ -2,16 +2,16 @@
 //! reconcile pipeline for each (see [`reconcile`]).
 
 mod apply;
+mod backoff;
 mod observe;
 mod reconcile;
 mod security;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -30,6 +30,7 @@ use crate::clusters::ClusterClients;
 use crate::crd::GeoCache;
 use crate::metrics::Metrics;
 use crate::names::{LABEL_MANAGED_BY, MANAGER};
+use backoff::Backoff;
 
 /// Tunables of the controller.
 #[derive(Debug, Clone)]
@@ -52,7 +53,7 @@ impl Default for Settings {
             requeue_progressing: Duration::from_secs(10),
             node_status_timeout: Duration::from_secs(3),
             base_backoff: Duration::from_secs(5),
-            max_backoff: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(60),
         }
     }
 }
@@ -66,8 +67,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub clusters: ClusterClients,
     pub settings: Settings,
-    /// Consecutive failures per object, for exponential backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    /// Retry delays after failures, per object.
+    backoff: Backoff,
 }
 
 impl Context {
@@ -81,24 +82,19 @@ impl Context {
             client,
             metrics,
             clusters: ClusterClients::default(),
+            backoff: Backoff::new(settings.base_backoff, settings.max_backoff),
             settings,
-            failures: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The delay before retrying `key` after one more failure: base, 2×base, 4×base… up to
-    /// the maximum.
+    /// The delay before retrying `key` after a failure (see [`Backoff`]).
     pub fn next_backoff(&self, key: &str) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let attempt = failures.entry(key.to_string()).or_insert(0);
-        let delay = self.settings.base_backoff.saturating_mul(1u32 << (*attempt).min(16));
-        *attempt = attempt.saturating_add(1);
-        delay.min(self.settings.max_backoff)
+        self.backoff.next(key, std::time::Instant::now())
     }
 
     /// Forgets the failures of `key` after it reconciled successfully.
     pub fn reset_backoff(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(key);
+        self.backoff.reset(key);
     }
 }
 
