@@ -405,6 +405,13 @@ scenario_three() {
   endpoint="$(jsonpath geocache/sessions '{.status.regions[?(@.name=="ap")].endpoint}' geocache)"
   [[ "$endpoint" == 172.30.3.*:7946 ]] || fail "region ap's endpoint is its load balancer, got '$endpoint'"
   pass "region ap is reached at its load balancer $endpoint"
+  [ "$(K="$c3" jsonpath statefulset/sessions-ap '{.spec.template.spec.containers[0].image}' geocache)" = \
+    "ghcr.io/geocache/geocache-node:$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" ] ||
+    fail "the nodes run the default image of the operator's release"
+  [ "$(K="$c3" jsonpath statefulset/sessions-ap \
+    '{.spec.template.spec.containers[0].env[?(@.name=="GEOCACHE_TOMBSTONE_RETENTION")].value}' geocache)" = 2h ] ||
+    fail "spec.tombstoneRetention reaches the nodes"
+  pass "the nodes run the operator release's image by default, with spec.tombstoneRetention"
 
   # Clients speak TLS to the nodes, trusting the CA the operator publishes in each region.
   PASSWORD="$(password geocache sessions)"
@@ -426,6 +433,14 @@ scenario_three() {
   [ "$(redis-cli --tls --cacert "$current_dir/ca-ap.crt" -h "$ap_ip" --no-auth-warning -a "$PASSWORD" GET cart:42)" = \
     '{"items":["book"]}' ] || fail "redis-cli --tls GET in region ap"
   pass "redis-cli --tls reads it in region ap"
+  local ap_lb
+  K="$c3" wait_for "region ap's client Service gets a load balancer (clientService.type)" 60 \
+    eval 'test -n "$(jsonpath svc/sessions-ap "{.status.loadBalancer.ingress[0].ip}" geocache)"'
+  ap_lb="$(K="$c3" jsonpath svc/sessions-ap '{.status.loadBalancer.ingress[0].ip}' geocache)"
+  [ "$(curl -sf -m 5 --cacert "$current_dir/ca-ap.crt" --resolve "sessions-ap.geocache.svc:8080:$ap_lb" \
+    -H "Authorization: Bearer $PASSWORD" "https://sessions-ap.geocache.svc:8080/v1/keys/cart:42")" = '{"items":["book"]}' ] ||
+    fail "GET through region ap's client load balancer"
+  pass "an application outside cluster 3 reads through region ap's client load balancer ($ap_lb)"
   [ "$(jsonpath geocache/sessions '{.status.regions[*].readyReplicas}' geocache)" = "2 2 1" ] ||
     fail "per-region readiness in the status: $(jsonpath geocache/sessions '{.status.regions}' geocache)"
   pass "the status reports every region's ready nodes (eu 2, us 2, ap 1)"
