@@ -447,6 +447,11 @@ scenario_three() {
   wait_for "every region reports peers up across clusters (ap's single node: both other regions) and its lag in ms" 60 \
     regions_linked_with_lag geocache sessions 3
   k get geocaches -n geocache
+  # ack=global, every region linked: acknowledged once every reachable region (and a majority)
+  # has it, so region ap has it at once, without waiting.
+  http PUT "$eu/v1/keys/cart:43?ack=global" '{"items":["pen"]}' >/dev/null || fail "PUT ?ack=global in region eu"
+  reads "$ap/v1/keys/cart:43" '{"items":["pen"]}' || fail "region ap lacks a write acknowledged with ack=global"
+  pass "a write acknowledged with ack=global in cluster 1 is already in cluster 3"
 
   # A node restarts from its volume.
   local pid
