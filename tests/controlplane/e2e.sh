@@ -303,6 +303,14 @@ scenario_one() {
   wait_for "region us scales back down to 2" 120 sts_ready default demo-us 2
   wait_for "pod demo-us-2 is gone" 60 eval 'test -z "$(k get pod demo-us-2 -o name 2>/dev/null)"'
 
+  # The pods' security context is applied: the node runs as its user, on a read-only root.
+  local node_pid
+  node_pid="$(container_pid default demo-eu-0)"
+  [ "$(stat -c %u "/proc/$node_pid")" = 65532 ] || fail "demo-eu-0 does not run as user 65532"
+  awk '$5 == "/" { print $6 }' "/proc/$node_pid/mountinfo" | grep -q '^ro' ||
+    fail "demo-eu-0's root filesystem is writable: $(awk '$5 == "/"' "/proc/$node_pid/mountinfo")"
+  pass "the nodes run as user 65532 on a read-only root filesystem, as their pods ask"
+
   # A killed node process restarts and catches up with what it missed.
   kill -KILL "$(container_pid default demo-eu-0)"
   http PUT "http://$us:8080/v1/keys/while-down" '{"written":"while demo-eu-0 was down"}' >/dev/null ||

@@ -660,6 +660,7 @@ fn container_spec(
         netns: network.netns_path(),
         hostname: runtime.pod.metadata.name.clone().unwrap_or_default(),
         binds,
+        read_only_root: security.read_only_root_filesystem.unwrap_or(false),
         uid,
         gid,
         supplementary_groups: groups,

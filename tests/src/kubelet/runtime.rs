@@ -40,6 +40,9 @@ pub struct ContainerSpec {
     pub netns: PathBuf,
     pub hostname: String,
     pub binds: Vec<Bind>,
+    /// `readOnlyRootFilesystem`: the root filesystem is read-only; only volumes (and
+    /// `/dev`) can be written.
+    pub read_only_root: bool,
     pub uid: u32,
     pub gid: u32,
     pub supplementary_groups: Vec<u32>,
@@ -137,6 +140,7 @@ pub fn spawn(spec: &ContainerSpec) -> anyhow::Result<Child> {
     let groups: Vec<libc::gid_t> = spec.supplementary_groups.clone();
     let (uid, gid) = (spec.uid, spec.gid);
     let netns_fd = netns.as_raw_fd();
+    let read_only_root = spec.read_only_root;
 
     let log = OpenOptions::new().create(true).append(true).open(&spec.log)?;
     let mut command = Command::new(&spec.program);
@@ -162,6 +166,17 @@ pub fn spawn(spec: &ContainerSpec) -> anyhow::Result<Child> {
                 libc::MS_REC | libc::MS_PRIVATE,
                 std::ptr::null(),
             ))?;
+            if read_only_root {
+                // The root filesystem as a mount of its own, made read-only once every
+                // other mount is on top of it (those keep their own flags).
+                check(libc::mount(
+                    rootfs.as_ptr(),
+                    rootfs.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
+            }
             for m in &mounts {
                 check(libc::mount(
                     m.source.as_ptr(),
@@ -179,6 +194,15 @@ pub fn spawn(spec: &ContainerSpec) -> anyhow::Result<Child> {
                         std::ptr::null(),
                     ))?;
                 }
+            }
+            if read_only_root {
+                check(libc::mount(
+                    std::ptr::null(),
+                    rootfs.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    std::ptr::null(),
+                ))?;
             }
             check(libc::sethostname(hostname.as_ptr().cast(), hostname.len()))?;
             check(libc::chroot(rootfs.as_ptr()))?;
