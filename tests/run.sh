@@ -55,7 +55,6 @@ if [ "${GEOCACHE_SKIP_E2E:-}" = "1" ]; then
   step "end-to-end tier skipped (GEOCACHE_SKIP_E2E=1)"
 else
   step "end-to-end tier: the operator and nodes on real Kubernetes control planes (tests/controlplane/e2e.sh)"
-  tests/controlplane/build.sh >/dev/null
   tests/controlplane/e2e.sh
 fi
 

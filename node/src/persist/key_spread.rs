@@ -23,7 +23,7 @@ const QUEUED_BATCHES: usize = 4;
 pub(super) struct KeySpread<'scope> {
     senders: Vec<SyncSender<Vec<u8>>>,
     batches: Vec<Vec<u8>>,
-    workers: Vec<ScopedJoinHandle<'scope, u64>>,
+    workers: Vec<ScopedJoinHandle<'scope, ()>>,
 }
 
 impl<'scope> KeySpread<'scope> {
@@ -59,25 +59,23 @@ impl<'scope> KeySpread<'scope> {
         }
     }
 
-    /// Hands over the last batches and waits until every record is applied; returns how
-    /// many were, or an error when a worker panicked.
-    pub fn finish(self) -> Result<u64, &'static str> {
+    /// Hands over the last batches and waits until every record is applied; an error when
+    /// a worker panicked.
+    pub fn finish(self) -> Result<(), &'static str> {
         let KeySpread { senders, batches, workers } = self;
         for (sender, batch) in senders.into_iter().zip(batches) {
             if !batch.is_empty() {
                 let _ = sender.send(batch);
             }
         }
-        let mut applied = 0;
         for worker in workers {
-            applied += worker.join().map_err(|_| "a log replay worker panicked")?;
+            worker.join().map_err(|_| "a log replay worker panicked")?;
         }
-        Ok(applied)
+        Ok(())
     }
 }
 
-fn apply_batches(batches: Receiver<Vec<u8>>, apply: &(impl Fn(RecordRef<'_>) + Sync)) -> u64 {
-    let mut applied = 0;
+fn apply_batches(batches: Receiver<Vec<u8>>, apply: &(impl Fn(RecordRef<'_>) + Sync)) {
     for batch in batches {
         let mut at = 0;
         while let Some(origin) = batch.get(at..at + 4) {
@@ -85,7 +83,6 @@ fn apply_batches(batches: Receiver<Vec<u8>>, apply: &(impl Fn(RecordRef<'_>) + S
             match record::decode(&batch[at + 4..]) {
                 Ok((decoded, used)) => {
                     apply(decoded.record(origin));
-                    applied += 1;
                     at += 4 + used;
                 }
                 Err(error) => {
@@ -96,7 +93,6 @@ fn apply_batches(batches: Receiver<Vec<u8>>, apply: &(impl Fn(RecordRef<'_>) + S
             }
         }
     }
-    applied
 }
 
 /// The worker that owns `key` (FNV-1a: the same key always goes to the same worker).
@@ -128,7 +124,7 @@ mod tests {
             applied.lock().unwrap().push((r.key.to_string(), r.version.hlc, std::thread::current().id()));
             assert_eq!(r.version.origin, OriginId(7), "the origin travels with the record");
         };
-        let total = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let mut spread = KeySpread::spawn(scope, 3, &apply);
             for hlc in 1..=2000u64 {
                 let key = format!("key-{}", hlc % 50);
@@ -136,9 +132,8 @@ mod tests {
                 let (decoded, _) = record::decode(&frame).unwrap();
                 spread.push(&decoded.record(OriginId(7)), &frame);
             }
-            spread.finish().unwrap()
+            spread.finish().unwrap();
         });
-        assert_eq!(total, 2000);
         let applied = applied.into_inner().unwrap();
         assert_eq!(applied.len(), 2000);
         for k in 0..50 {

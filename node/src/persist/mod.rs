@@ -23,9 +23,10 @@
 //!   (counted in its header), loads it — its shards on one thread per core, each thread
 //!   a run of consecutive shards, so they never contend for a shard — then replays the
 //!   segments after it: read in order by one thread, applied by one thread per core, each
-//!   owning the keys that hash to it (so each key's records apply in log order). A torn or corrupt record (bad length, bad checksum) ends the
-//!   replay of its file: it is reported, the file is truncated there, and nothing after
-//!   it in that file is trusted. Expired entries are not restored.
+//!   owning the keys that hash to it (so each key's records apply in log order). A torn
+//!   or corrupt record (bad length, bad checksum) ends the replay of its file: it is
+//!   reported, the file is truncated there, and nothing after it in that file is trusted.
+//!   Expired entries are not restored.
 
 mod key_spread;
 pub mod record;
@@ -634,12 +635,9 @@ impl Persist {
         let to_replay: Vec<u64> = segments.iter().copied().filter(|&id| id >= first_segment).collect();
         let replay_bytes: u64 =
             to_replay.iter().map(|&id| fs::metadata(segment_path(&dir, id)).map_or(0, |m| m.len())).sum();
-        let workers = if replay_bytes >= PARALLEL_REPLAY_MIN_BYTES {
-            std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8)
-        } else {
-            1
-        };
-        if replay_bytes >= PARALLEL_REPLAY_MIN_BYTES {
+        let big = replay_bytes >= PARALLEL_REPLAY_MIN_BYTES;
+        let workers = if big { std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8) } else { 1 };
+        if big {
             // A log does not count its records: size the store for as many as its first
             // records' average size says it holds, rather than grow and rehash it step by
             // step. Overwrites make that too many; the spare room is mostly address space

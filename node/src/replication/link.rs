@@ -16,7 +16,7 @@ use super::{Positions, Read};
 use crate::clock;
 use crate::persist::record;
 use crate::state::NodeState;
-use crate::store::{OriginId, TOMBSTONE_HOLD_FACTOR};
+use crate::store::OriginId;
 
 /// Target size of one batch or snapshot chunk.
 const CHUNK_BYTES: usize = 256 << 10;
@@ -108,7 +108,7 @@ async fn connect_and_push(state: &Arc<NodeState>, addr: &str) -> Result<(), Link
             p.region = Some(peer.region.clone());
             if !redundant {
                 // Tombstones are held while a peer is unreachable, but not forever.
-                let held_ms = state.db.store().config().tombstone_retention_ms.saturating_mul(TOMBSTONE_HOLD_FACTOR);
+                let held_ms = state.db.store().tombstone_hold_ms();
                 if let Some(away) = p.last_seen.map(|t| t.elapsed()).filter(|a| a.as_millis() as u64 > held_ms) {
                     // Deletes older than that are forgotten: one that happened on one side
                     // of this partition cannot reach the other any more.

@@ -328,12 +328,17 @@ impl Store {
 
     /// How long an absent key is remembered now: the retention, or longer while held.
     pub fn tombstone_retention_ms(&self) -> u64 {
-        let retention = self.config.tombstone_retention_ms;
         if self.tombstone_hold.load(Ordering::Relaxed) {
-            retention.saturating_mul(TOMBSTONE_HOLD_FACTOR)
+            self.tombstone_hold_ms()
         } else {
-            retention
+            self.config.tombstone_retention_ms
         }
+    }
+
+    /// How long an absent key is remembered while held: the longest partition whose
+    /// deletes still reach the other side.
+    pub fn tombstone_hold_ms(&self) -> u64 {
+        self.config.tombstone_retention_ms.saturating_mul(TOMBSTONE_HOLD_FACTOR)
     }
 
     pub fn origins(&self) -> &Arc<OriginTable> {

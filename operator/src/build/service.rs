@@ -1,8 +1,10 @@
 //! A region's three Services: headless for the pods' stable names, client for
 //! applications, and replication for the other regions.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::metadata;
@@ -30,12 +32,8 @@ pub fn build_peers_service(plan: &Plan, region: &RegionPlan, owner: Option<&Owne
 /// The region's address for applications: HTTP and the Redis protocol, on ready nodes;
 /// a `ClusterIP` unless the region's `clientService` says otherwise.
 pub fn build_client_service(plan: &Plan, region: &RegionPlan, owner: Option<&OwnerReference>) -> Service {
-    let mut meta = metadata(plan, region, &region.names.base, owner);
-    if !region.client_service.annotations.is_empty() {
-        meta.annotations = Some(region.client_service.annotations.clone());
-    }
     Service {
-        metadata: meta,
+        metadata: annotated(metadata(plan, region, &region.names.base, owner), &region.client_service.annotations),
         spec: Some(ServiceSpec {
             type_: Some(region.client_service.type_.as_str().into()),
             selector: Some(selector_labels(&plan.instance, &region.name)),
@@ -49,13 +47,9 @@ pub fn build_client_service(plan: &Plan, region: &RegionPlan, owner: Option<&Own
 /// The Service that exposes the replication port to the other regions: a load balancer
 /// by default, or what the region's `service` says.
 pub fn build_replication_service(plan: &Plan, region: &RegionPlan, owner: Option<&OwnerReference>) -> Service {
-    let mut meta = metadata(plan, region, &region.names.replication, owner);
-    if !region.service.annotations.is_empty() {
-        meta.annotations = Some(region.service.annotations.clone());
-    }
     let type_ = region.service.type_;
     Service {
-        metadata: meta,
+        metadata: annotated(metadata(plan, region, &region.names.replication, owner), &region.service.annotations),
         spec: Some(ServiceSpec {
             type_: Some(type_.as_str().into()),
             selector: Some(selector_labels(&plan.instance, &region.name)),
@@ -66,6 +60,14 @@ pub fn build_replication_service(plan: &Plan, region: &RegionPlan, owner: Option
         }),
         status: None,
     }
+}
+
+/// `meta` with the annotations a region's spec gives its Service (none: none).
+fn annotated(mut meta: ObjectMeta, annotations: &BTreeMap<String, String>) -> ObjectMeta {
+    if !annotations.is_empty() {
+        meta.annotations = Some(annotations.clone());
+    }
+    meta
 }
 
 fn port(name: &str, port: i32) -> ServicePort {

@@ -25,29 +25,19 @@ impl Backoff {
     /// failure is the scheduled retry's (or the first), else what is left of the current one.
     pub fn next(&self, key: &str, now: Instant) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match failures.get_mut(key) {
-            Some((_, due)) if now < *due => *due - now,
-            Some((attempt, due)) => {
-                let delay = self.step(*attempt);
-                *attempt = attempt.saturating_add(1);
-                *due = now + delay;
-                delay
-            }
-            None => {
-                let delay = self.step(0);
-                failures.insert(key.to_string(), (1, now + delay));
-                delay
-            }
+        let (attempt, due) = failures.entry(key.to_string()).or_insert((0, now));
+        if now < *due {
+            return *due - now;
         }
+        let delay = self.base.saturating_mul(1u32 << (*attempt).min(16)).min(self.max);
+        *attempt = attempt.saturating_add(1);
+        *due = now + delay;
+        delay
     }
 
     /// Forgets the failures of `key` after it reconciled successfully.
     pub fn reset(&self, key: &str) {
         self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(key);
-    }
-
-    fn step(&self, attempt: u32) -> Duration {
-        self.base.saturating_mul(1u32 << attempt.min(16)).min(self.max)
     }
 }
 

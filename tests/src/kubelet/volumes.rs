@@ -150,21 +150,13 @@ async fn write_projected(
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for source in projected.sources.iter().flatten() {
         if let Some(cm) = &source.config_map {
-            let found = Api::<ConfigMap>::namespaced(client.clone(), namespace).get_opt(&cm.name).await?;
-            let data: BTreeMap<String, Vec<u8>> = match found {
-                Some(found) => found.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
-                None if cm.optional.unwrap_or(false) => continue,
-                None => bail!("configmap {namespace}/{} not found", cm.name),
-            };
-            select_items(&data, cm.items.as_deref(), &mut files)?;
+            if let Some(data) = configmap_data(client, namespace, &cm.name, cm.optional).await? {
+                select_items(&data, cm.items.as_deref(), &mut files)?;
+            }
         } else if let Some(secret) = &source.secret {
-            let found = Api::<Secret>::namespaced(client.clone(), namespace).get_opt(&secret.name).await?;
-            let data: BTreeMap<String, Vec<u8>> = match found {
-                Some(found) => found.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect(),
-                None if secret.optional.unwrap_or(false) => continue,
-                None => bail!("secret {namespace}/{} not found", secret.name),
-            };
-            select_items(&data, secret.items.as_deref(), &mut files)?;
+            if let Some(data) = secret_data(client, namespace, &secret.name, secret.optional).await? {
+                select_items(&data, secret.items.as_deref(), &mut files)?;
+            }
         } else if let Some(downward) = &source.downward_api {
             for item in downward.items.iter().flatten() {
                 let field = item.field_ref.as_ref().ok_or_else(|| {
@@ -191,6 +183,45 @@ async fn write_projected(
     }
     let mode = projected.default_mode.and_then(|m| u32::try_from(m).ok()).unwrap_or(DEFAULT_MODE);
     write_keys(dir, &files, None, mode, fs_group)
+}
+
+/// The keys of ConfigMap `namespace/name` (`data` and `binaryData`); `None` when it is
+/// missing and `optional`, an error when it is missing otherwise.
+async fn configmap_data(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    optional: Option<bool>,
+) -> anyhow::Result<Option<BTreeMap<String, Vec<u8>>>> {
+    match Api::<ConfigMap>::namespaced(client.clone(), namespace).get_opt(name).await? {
+        Some(cm) => {
+            let mut data: BTreeMap<String, Vec<u8>> =
+                cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+            data.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+            Ok(Some(data))
+        }
+        None if optional.unwrap_or(false) => Ok(None),
+        None => bail!("configmap {namespace}/{name} not found"),
+    }
+}
+
+/// The keys of Secret `namespace/name` (`data` and `stringData`), like [`configmap_data`].
+async fn secret_data(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    optional: Option<bool>,
+) -> anyhow::Result<Option<BTreeMap<String, Vec<u8>>>> {
+    match Api::<Secret>::namespaced(client.clone(), namespace).get_opt(name).await? {
+        Some(secret) => {
+            let mut data: BTreeMap<String, Vec<u8>> =
+                secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+            data.extend(secret.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
+            Ok(Some(data))
+        }
+        None if optional.unwrap_or(false) => Ok(None),
+        None => bail!("secret {namespace}/{name} not found"),
+    }
 }
 
 /// The keys of `data` a projection selects (every key, or its `items` at their paths).
@@ -276,33 +307,11 @@ async fn write_keys_of(
     fs_group: Option<u32>,
 ) -> anyhow::Result<usize> {
     let (data, items, mode) = if let Some(source) = &volume.config_map {
-        let optional = source.optional.unwrap_or(false);
-        let cm = Api::<ConfigMap>::namespaced(client.clone(), namespace).get_opt(&source.name).await?;
-        let data = match cm {
-            Some(cm) => {
-                let mut data: BTreeMap<String, Vec<u8>> =
-                    cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-                data.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
-                data
-            }
-            None if optional => BTreeMap::new(),
-            None => bail!("configmap {namespace}/{} not found", source.name),
-        };
+        let data = configmap_data(client, namespace, &source.name, source.optional).await?.unwrap_or_default();
         (data, source.items.clone(), source.default_mode)
     } else if let Some(source) = &volume.secret {
         let name = source.secret_name.clone().unwrap_or_default();
-        let optional = source.optional.unwrap_or(false);
-        let secret = Api::<Secret>::namespaced(client.clone(), namespace).get_opt(&name).await?;
-        let data = match secret {
-            Some(secret) => {
-                let mut data: BTreeMap<String, Vec<u8>> =
-                    secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
-                data.extend(secret.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
-                data
-            }
-            None if optional => BTreeMap::new(),
-            None => bail!("secret {namespace}/{name} not found"),
-        };
+        let data = secret_data(client, namespace, &name, source.optional).await?.unwrap_or_default();
         (data, source.items.clone(), source.default_mode)
     } else {
         return Ok(0);
