@@ -171,7 +171,8 @@ case "${1:-}" in
   exec)
     shift
     [ -e "$netns_file" ] || die "no engine (netns $ENGINE_NETNS): run '$0 up' first"
-    in_netns "$@"
+    # exec: a signal to this process (timeout, Ctrl-C) reaches the command itself.
+    DOCKER_HOST="unix://$engine_sock" exec nsenter --net="$netns_file" -- "$@"
     ;;
   env) echo "export DOCKER_HOST=unix://$engine_sock" ;;
   *) die "usage: $0 up|down|exec COMMAND...|env" ;;
