@@ -106,14 +106,14 @@ JSON
     --log-level warn \
     </dev/null >"$log" 2>&1 &
   local deadline=$((SECONDS + 60))
-  until in_netns docker version >/dev/null 2>&1; do
+  until in_netns /usr/bin/docker version >/dev/null 2>&1; do
     if [ "$SECONDS" -ge "$deadline" ]; then
       tail -n 30 "$log" >&2
       die "dockerd did not answer within 60s (log: $log)"
     fi
     sleep 1
   done
-  echo "engine: dockerd $(in_netns docker version --format '{{.Server.Version}}') up in netns $ENGINE_NETNS (DOCKER_HOST=unix://$engine_sock)"
+  echo "engine: dockerd $(in_netns /usr/bin/docker version --format '{{.Server.Version}}') up in netns $ENGINE_NETNS (DOCKER_HOST=unix://$engine_sock)"
 }
 
 # pids_in_netns: every process whose network namespace is the engine's.

@@ -4,13 +4,9 @@
 
 KIND_VERSION=v0.33.0
 K8S_VERSION=v1.37.2
-# kubeadm v1.37.2 asks for etcd under this tag; the etcd the control-plane tier builds
-# (tests/controlplane/etcd, 3.6.x) is published under it.
-ETCD_IMAGE_TAG=3.7.0-0
 COREDNS_VERSION=v1.14.6
 # The only local-path-provisioner on the Go module proxy.
 LOCAL_PATH_VERSION=v0.0.30
-PAUSE_TAG=3.10.1
 DEBIAN_SUITE=bookworm
 
 GEOCACHE_CACHE="${GEOCACHE_CACHE:-$HOME/.cache/geocache}"

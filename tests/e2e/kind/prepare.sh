@@ -87,7 +87,9 @@ rootfs() {
   echo "$tar"
 }
 
-docker_() { DOCKER_HOST="unix://$engine_sock" docker "$@"; }
+# Debian's docker client: the engine's own version (another client may lack the legacy
+# builder or BuildKit without buildx).
+docker_() { DOCKER_HOST="unix://$engine_sock" /usr/bin/docker "$@"; }
 have_image() { docker_ image inspect "$1" >/dev/null 2>&1; }
 
 # build_image TAG CONTEXT [docker build args...]: the legacy builder (BuildKit would fetch
@@ -169,6 +171,8 @@ build_images() {
         name="${name%%:*}"
         scratch_image "$image" "$cp_dir/$name" "/usr/local/bin/$name" "[\"/usr/local/bin/$name\"]"
         ;;
+      # The etcd of the control-plane tier (tests/controlplane/etcd: 3.6.x) under the tag
+      # kubeadm asks for (3.7.0-0): the 3.6 server serves kubeadm's 1.37 control plane.
       */etcd:*) scratch_image "$image" "$cp_dir/etcd" /usr/local/bin/etcd '["/usr/local/bin/etcd"]' ;;
       */coredns:*) scratch_image "$image" "$coredns_cache/coredns" /coredns '["/coredns"]' ;;
       */pause:*)

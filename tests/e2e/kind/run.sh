@@ -144,11 +144,16 @@ run_local() {
   ln -s /usr/bin/docker "$state/bin/docker"
   ln -s "$kind_bin_cache/kind" "$state/bin/kind"
   ln -s "$k8s_node_cache/kubectl" "$state/bin/kubectl"
+  # Nothing inside the namespace reaches the network: helm is found (or built) out here.
+  local helm="${HELM:-}"
+  if [ -z "$helm" ]; then
+    if command -v helm >/dev/null 2>&1; then helm="$(command -v helm)"; else helm="$("$repo/tests/helm.sh")"; fi
+  fi
 
   step "the scenario, inside netns $ENGINE_NETNS (up to ${SCENARIO_TIMEOUT}s)"
   timeout -k 120 "$SCENARIO_TIMEOUT" "$here/engine.sh" exec env \
     GEOCACHE_KIND_INSIDE=1 kind_t0=0 PATH="$state/bin:$PATH" \
-    BINARY=prebuilt KIND_NODE_IMAGE="$kind_node_image" CURL_IMAGE="$curl_image" \
+    BINARY=prebuilt KIND_NODE_IMAGE="$kind_node_image" CURL_IMAGE="$curl_image" HELM="$helm" \
     "$here/run.sh"
 }
 
@@ -824,10 +829,19 @@ state="$(k 1 -n "$OPERATOR_NS" get pod "$op_pod" -o jsonpath='{.status.condition
 [ "$state" = "True 0" ] || die "the operator's pod is not ready without restarts (Ready, restarts: $state)"
 pass "operator pod $op_pod: ready through its readiness probe (/readyz), liveness probe /healthz, no restart"
 sa="system:serviceaccount:$OPERATOR_NS:$RELEASE"
-for verb_resource in "create statefulsets.apps" "patch services" "create configmaps" "update leases.coordination.k8s.io" "patch geocaches.geocache.dev/status"; do
-  # shellcheck disable=SC2086 # verb and resource
-  [ "$(k 1 auth can-i $verb_resource --as="$sa" -n "$NS")" = yes ] || die "$sa may not: $verb_resource"
-done
+# can_i NAMESPACE VERB RESOURCE [SUBRESOURCE]: the operator's ServiceAccount may.
+can_i() {
+  local answer
+  answer="$(k 1 auth can-i "$2" "$3" ${4:+--subresource="$4"} --as="$sa" -n "$1" 2>&1)" || true
+  [ "$answer" = yes ] || die "$sa may not $2 $3${4:+/$4} in namespace $1 ($answer)"
+}
+can_i "$NS" create statefulsets.apps
+can_i "$NS" patch services
+can_i "$NS" delete configmaps
+can_i "$NS" create poddisruptionbudgets.policy
+can_i "$NS" get pods proxy
+can_i "$NS" patch geocaches.geocache.dev status
+can_i "$OPERATOR_NS" update leases.coordination.k8s.io
 if k 1 -n "$OPERATOR_NS" logs "$op_pod" | grep -i 'forbidden'; then
   die "the operator was refused a request (lines above)"
 fi
