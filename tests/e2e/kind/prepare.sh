@@ -300,6 +300,7 @@ step "Debian $DEBIAN_SUITE root filesystems (debootstrap, cached by package list
 node_rootfs="$(rootfs node "$node_packages")"
 slim_rootfs="$(rootfs slim "$slim_packages")"
 
+step "binaries (build-binaries.sh: Go module proxy, cached by version)"
 "$kind_lib_dir/build-binaries.sh"
 
 step "engine (engine.sh up: dockerd in network namespace $ENGINE_NETNS)"
