@@ -91,6 +91,43 @@ impl Hlc {
     }
 }
 
+/// A clock comparison with a peer from one round trip: we sent at `sent_ms` (our wall
+/// clock), the peer answered at `remote_ms` (its wall clock), we received at
+/// `received_ms` (ours). The peer's answer happened somewhere within the round trip, so
+/// its clock is ahead of ours by `offset_ms`, give or take `rtt_ms / 2`. A frame that
+/// waited — in a paused process, a stalled link — lengthens the round trip and widens the
+/// bound; it is never mistaken for skew, as a one-way timestamp would be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundTrip {
+    pub rtt_ms: u64,
+    /// Peer minus us at the middle of the round trip.
+    pub offset_ms: i64,
+}
+
+impl RoundTrip {
+    /// `None` when our wall clock stepped back during the round trip.
+    pub fn measure(sent_ms: u64, remote_ms: u64, received_ms: u64) -> Option<RoundTrip> {
+        let rtt_ms = received_ms.checked_sub(sent_ms)?;
+        let middle = sent_ms + rtt_ms / 2;
+        Some(RoundTrip { rtt_ms, offset_ms: remote_ms as i64 - middle as i64 })
+    }
+
+    /// Whether the peer's clock is beyond `max_ms` of ours: `Some(true)` when it is
+    /// whatever the delays were, `Some(false)` when it is within whatever they were, and
+    /// `None` when the round trip was too long to tell.
+    pub fn beyond(&self, max_ms: u64) -> Option<bool> {
+        let error = self.rtt_ms.div_ceil(2);
+        let off = self.offset_ms.unsigned_abs();
+        if off > max_ms.saturating_add(error) {
+            Some(true)
+        } else if off.saturating_add(error) <= max_ms {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +176,37 @@ mod tests {
         let err = clock.observe_at(pack(10_000, 0), 500, 1_000).unwrap_err();
         assert_eq!(err.ahead_ms, 9_000);
         assert_eq!(clock.tick(1_000), before + 1);
+    }
+
+    #[test]
+    fn a_round_trip_measures_a_peer_clock_ahead_of_ours() {
+        let rt = RoundTrip::measure(10_000, 20_040, 10_080).unwrap();
+        assert_eq!(rt, RoundTrip { rtt_ms: 80, offset_ms: 10_000 });
+        assert_eq!(rt.beyond(500), Some(true));
+        let behind = RoundTrip::measure(10_000, 40, 10_080).unwrap();
+        assert_eq!(behind.offset_ms, -10_000);
+        assert_eq!(behind.beyond(500), Some(true));
+    }
+
+    #[test]
+    fn synchronised_clocks_are_within_the_bound() {
+        let rt = RoundTrip::measure(10_000, 10_045, 10_080).unwrap();
+        assert_eq!(rt.beyond(500), Some(false));
+    }
+
+    #[test]
+    fn an_answer_delayed_by_a_pause_is_not_taken_for_skew() {
+        // We were paused 5 s after sending: the answer, made at once, is read 5 s late.
+        let we_paused = RoundTrip::measure(10_000, 10_010, 15_000).unwrap();
+        assert_ne!(we_paused.beyond(500), Some(true), "{we_paused:?}");
+        // The peer was paused 5 s before answering: its answer is stamped 5 s late.
+        let it_paused = RoundTrip::measure(10_000, 15_000, 15_010).unwrap();
+        assert_ne!(it_paused.beyond(500), Some(true), "{it_paused:?}");
+    }
+
+    #[test]
+    fn a_wall_clock_stepping_back_during_a_round_trip_measures_nothing() {
+        assert_eq!(RoundTrip::measure(10_000, 10_000, 9_000), None);
     }
 
     #[test]

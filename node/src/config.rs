@@ -44,7 +44,8 @@ pub struct Flags {
     /// Address other nodes use to reach this node's peer listener (default: --peer-addr).
     #[arg(long, env = "GEOCACHE_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
-    /// Seed peers, `host:port,...`.
+    /// Seed peers, `host:port,...`; `host:port@region` names the peer's region, so that
+    /// `ack=region|global` count it in the right place before it is reached.
     #[arg(long, env = "GEOCACHE_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
     /// File listing peers (written by the operator; reloaded on change).
@@ -214,8 +215,15 @@ impl Flags {
         };
         let mut seeds = Vec::new();
         for p in self.peers.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
-            validate_addr(p).map_err(|m| err("peers", m))?;
-            seeds.push(p.to_string());
+            let (addr, region) = match p.split_once('@') {
+                Some((addr, region)) => {
+                    check_name("peers", region)?;
+                    (addr, Some(region.to_string()))
+                }
+                None => (p, None),
+            };
+            validate_addr(addr).map_err(|m| err("peers", m))?;
+            seeds.push((addr.to_string(), region));
         }
         let ms = |flag: &'static str, v: &str| parse_ttl_ms(v).map_err(|m| err(flag, m));
         let peer_timeout = ms("peer-timeout", &self.peer_timeout)?;
@@ -369,7 +377,12 @@ mod tests {
             "n1:7946",
         ])
         .unwrap();
-        assert_eq!(c.replication.seeds, vec!["a:1".to_string(), "b:2".to_string()]);
+        assert_eq!(c.replication.seeds, vec![("a:1".to_string(), None), ("b:2".to_string(), None)]);
+        let hinted = parse(&["--peers", "a:1@us,b:2"]).unwrap();
+        assert_eq!(
+            hinted.replication.seeds,
+            vec![("a:1".to_string(), Some("us".to_string())), ("b:2".to_string(), None)]
+        );
         assert_eq!(c.replication.peer_timeout, Duration::from_secs(2));
         assert_eq!(c.replication.ack_timeout, Duration::from_millis(750));
         assert_eq!(c.replication.advertise, "n1:7946");
@@ -423,6 +436,8 @@ mod tests {
             (&["--resp-addr", "nowhere"][..], "resp-addr"),
             (&["--max-key-bytes", "0"][..], "max-key-bytes"),
             (&["--peers", "10.0.0.1"][..], "peers"),
+            (&["--peers", "10.0.0.1:7946@eu west"][..], "peers"),
+            (&["--peers", "10.0.0.1:7946@"][..], "peers"),
             (&["--peer-timeout", "soon"][..], "peer-timeout"),
             (&["--backlog-size", "0"][..], "backlog-size"),
             (&["--tls-cert", "/x"][..], "tls-cert"),

@@ -219,7 +219,7 @@ impl Db {
                 }
                 Ok(decision)
             },
-            || Version { hlc: self.clock.now(), origin: OriginId::LOCAL },
+            |replaced| self.next_version(replaced),
             |record| journal.append_local(record, now),
         )?;
         match written {
@@ -260,7 +260,7 @@ impl Db {
         let written = self.store.put_many(
             &entries,
             now,
-            || Version { hlc: self.clock.now(), origin: OriginId::LOCAL },
+            |replaced| self.next_version(replaced),
             |record| journal.append_local(record, now),
         );
         Ok(written
@@ -294,6 +294,21 @@ impl Db {
                 reply: Some(PutOutcome { created: false, expires_at }),
             })
         })
+    }
+
+    /// The version of a local write replacing `replaced` (the key's current version, if
+    /// it has one): the clock's next timestamp, or just above `replaced` when that is
+    /// ahead — a write made by a region whose clock is ahead of ours — so that a local
+    /// write always supersedes what it replaced, and every replica agrees, whatever the
+    /// clocks say. The clock itself is not moved ahead (only this key's version is): one
+    /// fast clock elsewhere must not push every later version of this node into the future.
+    fn next_version(&self, replaced: Option<Version>) -> Version {
+        let now = self.clock.now();
+        let hlc = match replaced {
+            Some(r) if r.hlc >= now => r.hlc + 1,
+            _ => now,
+        };
+        Version { hlc, origin: OriginId::LOCAL }
     }
 
     /// Applies a versioned record from the log (last-writer-wins).
@@ -367,5 +382,75 @@ impl Db {
             (Some(lsn), Some(persist)) => persist.flush_to(lsn).await.map_err(|e| DbError::Persistence(e.to_string())),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Origin, OriginTable, Record, StoreConfig};
+
+    fn db() -> Db {
+        let origins = Arc::new(OriginTable::new(Origin { node_id: "eu-0".into(), region: "eu".into() }));
+        Db::standalone(Store::new(StoreConfig::default(), origins), Limits::default(), Arc::new(Metrics::default()))
+    }
+
+    fn json(s: &str) -> Value {
+        Value::json(s.as_bytes().to_vec()).unwrap()
+    }
+
+    /// A record written by `us-0`, whose clock is `ahead_ms` ahead of ours.
+    fn from_a_clock_ahead(db: &Db, key: &str, value: Option<&str>, ahead_ms: u64) -> Version {
+        let origin = db.store().origins().intern("us-0", "us");
+        let version = Version { hlc: clock::pack(clock::now_ms() + ahead_ms, 3), origin };
+        let record = Record { key: key.into(), version, expires_at: None, value: value.map(json) };
+        // As replication applies it: the clock does not follow a timestamp that far ahead.
+        assert!(db.store().apply(record.as_ref(), clock::now_ms()));
+        version
+    }
+
+    #[test]
+    fn a_local_write_supersedes_an_entry_written_by_a_clock_far_ahead() {
+        let db = db();
+        let remote = from_a_clock_ahead(&db, "k", Some("1"), 10_000);
+        let written = db.put("k", json("2"), Expiry::Keep).unwrap();
+        let version = written.version.unwrap();
+        assert_eq!(db.store().cmp_versions(version, remote), std::cmp::Ordering::Greater);
+        assert_eq!(&*db.get("k").unwrap().unwrap().value.bytes, b"2");
+        // The clock itself is not pushed 10 s ahead by it: another key gets a timestamp of now.
+        let other = db.put("other", json("3"), Expiry::Keep).unwrap().version.unwrap();
+        assert!(clock::physical_ms(other.hlc) < clock::now_ms() + 1_000, "the clock jumped ahead");
+    }
+
+    #[test]
+    fn a_local_delete_supersedes_an_entry_written_by_a_clock_far_ahead() {
+        let db = db();
+        let remote = from_a_clock_ahead(&db, "k", Some("1"), 10_000);
+        let deleted = db.delete("k").unwrap();
+        assert!(deleted.reply);
+        let tombstone = deleted.version.unwrap();
+        assert_eq!(db.store().cmp_versions(tombstone, remote), std::cmp::Ordering::Greater);
+        // The same record arriving again (a duplicate) does not bring the key back.
+        let record = Record { key: "k".into(), version: remote, expires_at: None, value: Some(json("1")) };
+        assert!(!db.store().apply(record.as_ref(), clock::now_ms()));
+        assert!(db.get("k").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_write_after_a_tombstone_from_a_clock_far_ahead_is_above_the_tombstone() {
+        let db = db();
+        let remote = from_a_clock_ahead(&db, "k", None, 10_000);
+        let version = db.put("k", json("2"), Expiry::Keep).unwrap().version.unwrap();
+        assert_eq!(db.store().cmp_versions(version, remote), std::cmp::Ordering::Greater);
+        assert!(db.get("k").unwrap().is_some());
+    }
+
+    #[test]
+    fn every_key_of_an_mset_supersedes_what_it_replaced() {
+        let db = db();
+        let remote = from_a_clock_ahead(&db, "a", Some("1"), 60_000);
+        let written = db.put_many(vec![("a", json("2")), ("b", json("3"))], None).unwrap();
+        assert_eq!(db.store().cmp_versions(written[0].version.unwrap(), remote), std::cmp::Ordering::Greater);
+        assert_eq!(&*db.get("a").unwrap().unwrap().value.bytes, b"2");
     }
 }

@@ -46,6 +46,16 @@ pub struct PeerStatus {
     pub state: PeerState,
     pub last_seen_ms_ago: Option<u64>,
     pub lag: Lag,
+    /// Round-trip time of the last heartbeat answered (`null` before the first).
+    #[serde(default)]
+    pub rtt_ms: Option<u64>,
+    /// The peer's clock minus ours, measured over a round trip (`null` until measured).
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
+    /// The peer's clock is beyond `--max-clock-skew` of ours: writes there and here may
+    /// not be ordered as they happened, and expiry instants follow the writer's clock.
+    #[serde(default)]
+    pub clock_skewed: bool,
 }
 
 #[cfg(test)]
@@ -69,6 +79,9 @@ mod tests {
                 state: PeerState::Up,
                 last_seen_ms_ago: Some(12),
                 lag: Lag { writes: 2, ms: 40 },
+                rtt_ms: Some(80),
+                clock_offset_ms: Some(-3),
+                clock_skewed: false,
             }],
         };
         let v = serde_json::to_value(&doc).unwrap();
@@ -78,10 +91,24 @@ mod tests {
                 "node_id": "eu-0", "region": "eu", "version": "0.1.0", "uptime_s": 3, "keys": 10,
                 "memory_bytes": 1000, "ready": true,
                 "peers": [{"node_id": "us-0", "region": "us", "addr": "10.0.0.1:7946", "state": "up",
-                           "last_seen_ms_ago": 12, "lag": {"writes": 2, "ms": 40}}]
+                           "last_seen_ms_ago": 12, "lag": {"writes": 2, "ms": 40},
+                           "rtt_ms": 80, "clock_offset_ms": -3, "clock_skewed": false}]
             })
         );
         let back: StatusDocument = serde_json::from_value(v).unwrap();
         assert_eq!(back, doc);
+    }
+
+    #[test]
+    fn a_status_document_of_an_older_node_without_rtt_or_clock_fields_still_reads() {
+        let v = serde_json::json!({
+            "node_id": "eu-0", "region": "eu", "version": "0.1.0", "uptime_s": 3, "keys": 10,
+            "memory_bytes": 1000, "ready": true,
+            "peers": [{"node_id": "us-0", "region": "us", "addr": "h:1", "state": "up",
+                       "last_seen_ms_ago": 12, "lag": {"writes": 2, "ms": 40}}]
+        });
+        let doc: StatusDocument = serde_json::from_value(v).unwrap();
+        assert_eq!(doc.peers[0].rtt_ms, None);
+        assert!(!doc.peers[0].clock_skewed);
     }
 }

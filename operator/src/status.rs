@@ -13,6 +13,7 @@ use crate::crd::{ClusterRef, GeoCacheStatus, RegionStatus};
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+pub const CLOCK_SKEW: &str = "ClockSkew";
 
 /// What one reconcile saw of one region.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -71,6 +72,19 @@ impl RegionObservation {
                     .iter()
                     .filter(|p| p.state == PeerState::Down)
                     .map(move |p| format!("{} sees {} ({}) down", doc.node_id, p.node_id, p.region))
+            })
+            .collect()
+    }
+
+    /// `(observer node, peer region, offset ms)` where a node of this region sees a peer's
+    /// clock beyond its `--max-clock-skew`.
+    fn skewed_peers(&self) -> Vec<(String, String, i64)> {
+        self.answered()
+            .flat_map(|doc| {
+                doc.peers
+                    .iter()
+                    .filter(|p| p.clock_skewed)
+                    .map(move |p| (doc.node_id.clone(), p.region.clone(), p.clock_offset_ms.unwrap_or(0)))
             })
             .collect()
     }
@@ -145,6 +159,8 @@ pub fn compute_status(
         condition(DEGRADED, false, "AsExpected", "no failures observed")
     };
 
+    let clock_skew = clock_skew_condition(regions);
+
     let region_status: Vec<RegionStatus> = regions
         .iter()
         .map(|r| RegionStatus {
@@ -161,13 +177,47 @@ pub fn compute_status(
 
     GeoCacheStatus {
         observed_generation: generation,
-        conditions: with_transition_times(old, vec![ready, progressing, degraded], generation, now),
+        conditions: with_transition_times(old, vec![ready, progressing, degraded, clock_skew], generation, now),
         ready: Some(format!("{ready_count}/{total}")),
         region_names: Some(regions.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(",")),
         max_lag: max_lag.map(format_lag),
         regions: region_status,
         member_clusters,
     }
+}
+
+/// `ClockSkew`: True while nodes see peers' clocks beyond their `--max-clock-skew`, naming
+/// the region whose clock is off — the one seen skewed from the most other regions (with
+/// two regions, both are named: either may be the one that is off).
+fn clock_skew_condition(regions: &[RegionObservation]) -> Condition {
+    let mut seen_by: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    for r in regions {
+        for (observer, peer_region, offset) in r.skewed_peers() {
+            seen_by
+                .entry(peer_region)
+                .or_default()
+                .entry(r.name.clone())
+                .or_default()
+                .push(format!("{observer} sees it {offset:+} ms"));
+        }
+    }
+    let most = seen_by.values().map(BTreeMap::len).max().unwrap_or(0);
+    if most == 0 {
+        return condition(CLOCK_SKEW, false, "ClocksInSync", "every node sees its peers' clocks within the bound");
+    }
+    let suspects: Vec<String> = seen_by
+        .iter()
+        .filter(|(_, observers)| observers.len() == most)
+        .map(|(region, observers)| {
+            let seen: Vec<&str> = observers.values().flatten().map(String::as_str).collect();
+            format!("region {region}'s clock is off ({})", seen.join(", "))
+        })
+        .collect();
+    let message = format!(
+        "{}; last-writer-wins may not follow real time across these regions and expiry instants follow the writer's clock: synchronise the clocks (NTP)",
+        suspects.join("; ")
+    );
+    condition(CLOCK_SKEW, true, "ClockSkew", &message)
 }
 
 /// The status of an object whose spec is invalid: nothing was applied; the regions keep
@@ -347,6 +397,9 @@ mod tests {
                     state,
                     last_seen_ms_ago: Some(1),
                     lag: Lag { writes: 0, ms },
+                    rtt_ms: Some(1),
+                    clock_offset_ms: Some(0),
+                    clock_skewed: false,
                 })
                 .collect(),
         })
@@ -421,6 +474,56 @@ mod tests {
         assert_eq!(s.regions[0].peers_up, Some(1));
         assert_eq!(s.regions[0].max_lag_ms, Some(40));
         assert_eq!(s.max_lag.as_deref(), Some("40ms"));
+    }
+
+    /// A node of `region` seeing each `(peer region, offset)`; skewed beyond 500 ms.
+    fn seeing_clocks(id: &str, region: &str, peers: &[(&str, i64)]) -> Result<StatusDocument, String> {
+        let mut doc = node(id, vec![])?;
+        doc.region = region.into();
+        doc.peers = peers
+            .iter()
+            .map(|&(peer_region, offset)| PeerStatus {
+                node_id: format!("{peer_region}-0"),
+                region: peer_region.into(),
+                addr: "x:1".into(),
+                state: PeerState::Up,
+                last_seen_ms_ago: Some(1),
+                lag: Lag::default(),
+                rtt_ms: Some(80),
+                clock_offset_ms: Some(offset),
+                clock_skewed: offset.abs() > 500,
+            })
+            .collect();
+        Ok(doc)
+    }
+
+    #[test]
+    fn a_region_whose_clock_is_off_is_named_in_a_clock_skew_condition() {
+        let mut eu = region("eu", 1, 1);
+        eu.nodes = vec![seeing_clocks("eu-0", "eu", &[("us", 10_000), ("ap", 3)])];
+        let mut us = region("us", 1, 1);
+        us.nodes = vec![seeing_clocks("us-0", "us", &[("eu", -10_000), ("ap", -9_990)])];
+        let mut ap = region("ap", 1, 1);
+        ap.nodes = vec![seeing_clocks("ap-0", "ap", &[("eu", -3), ("us", 9_990)])];
+        let s = compute_status(Some(1), None, &[eu, us, ap], vec![], at(10));
+        let c = cond(&s, CLOCK_SKEW);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "ClockSkew"));
+        assert!(
+            c.message.starts_with("region us's clock is off (ap-0 sees it +9990 ms, eu-0 sees it +10000 ms)"),
+            "{}",
+            c.message
+        );
+        assert!(!c.message.contains("region eu's"), "{}", c.message);
+        // Skew alone does not make the GeoCache unready.
+        assert_eq!(cond(&s, READY).status, "True");
+    }
+
+    #[test]
+    fn clocks_within_the_bound_make_the_clock_skew_condition_false() {
+        let mut eu = region("eu", 1, 1);
+        eu.nodes = vec![seeing_clocks("eu-0", "eu", &[("us", 40)])];
+        let s = compute_status(Some(1), None, &[eu], vec![], at(10));
+        assert_eq!(cond(&s, CLOCK_SKEW).status, "False");
     }
 
     #[test]

@@ -28,8 +28,12 @@ pub struct Peer {
     pub last_seen: Option<Instant>,
     /// Positions the peer confirmed.
     pub acked: Positions,
-    /// Clock difference seen (peer minus us, ms).
+    /// Clock difference seen in the last round trip that could tell (peer minus us, ms).
     pub skew_ms: Option<i64>,
+    /// Whether that difference is beyond `--max-clock-skew`.
+    pub clock_skewed: bool,
+    /// Round-trip time of the last ping answered.
+    pub rtt_ms: Option<u64>,
     /// The address turned out to be this node, or a node we already have a link to.
     pub redundant: bool,
     pub last_error: Option<String>,
@@ -50,6 +54,8 @@ impl Peer {
             last_seen: None,
             acked: Positions::new(),
             skew_ms: None,
+            clock_skewed: false,
+            rtt_ms: None,
             redundant: false,
             last_error: None,
             snapshots: 0,

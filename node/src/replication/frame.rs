@@ -13,8 +13,15 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::stream::Positions;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. Version 2 added [`Frame::Pong`].
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest version a receiver still accepts from a pusher (it then sends no Pong).
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// Whether a peer speaking `version` can be linked with.
+pub fn speaks(version: u16) -> bool {
+    (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version)
+}
 /// Magic at the start of a Hello, so that a stray client is told apart at once.
 pub const MAGIC: &[u8; 8] = b"GEOCACHE";
 /// Largest frame accepted.
@@ -58,8 +65,13 @@ pub enum Frame {
     SnapshotEnd(Positions),
     /// Receiver → pusher: the positions the receiver has reached.
     Ack(Positions),
-    /// Either way: liveness and clock, with the sender's wall clock in Unix ms.
+    /// Either way: liveness, with the sender's wall clock in Unix ms.
     Ping(u64),
+    /// Receiver → pusher (protocol 2), the answer to a Ping: the Ping's wall clock echoed,
+    /// and the receiver's wall clock when it answered. A round trip, from which the pusher
+    /// measures the round-trip time and the clock offset with its error bound — a one-way
+    /// timestamp cannot tell a skewed clock from a frame that waited (a paused process).
+    Pong { echo_ms: u64, wall_ms: u64 },
     /// Either way: the peers the sender knows.
     Gossip(Vec<PeerInfo>),
     /// Either way: the sender closes the link, saying why.
@@ -91,6 +103,7 @@ const ACK: u8 = 7;
 const PING: u8 = 8;
 const GOSSIP: u8 = 9;
 const GOODBYE: u8 = 10;
+const PONG: u8 = 11;
 
 fn put_str(out: &mut BytesMut, s: &str) {
     let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
@@ -162,6 +175,11 @@ impl Frame {
                 out.put_u8(PING);
                 out.put_u64_le(*wall_ms);
             }
+            Frame::Pong { echo_ms, wall_ms } => {
+                out.put_u8(PONG);
+                out.put_u64_le(*echo_ms);
+                out.put_u64_le(*wall_ms);
+            }
             Frame::Gossip(peers) => {
                 out.put_u8(GOSSIP);
                 out.put_u32_le(peers.len() as u32);
@@ -211,6 +229,7 @@ impl Frame {
             SNAPSHOT_END => Frame::SnapshotEnd(get_positions(&mut body)?),
             ACK => Frame::Ack(get_positions(&mut body)?),
             PING => Frame::Ping(get_u64(&mut body)?),
+            PONG => Frame::Pong { echo_ms: get_u64(&mut body)?, wall_ms: get_u64(&mut body)? },
             GOSSIP => {
                 let n = get_u32(&mut body)? as usize;
                 // Each entry takes at least 6 bytes: refuse counts the frame cannot hold.
@@ -317,6 +336,7 @@ mod tests {
             Frame::SnapshotEnd(p.clone()),
             Frame::Ack(p),
             Frame::Ping(5),
+            Frame::Pong { echo_ms: 5, wall_ms: 9 },
             Frame::Gossip(vec![PeerInfo { node_id: "us-0".into(), region: "us".into(), addr: "h:1".into() }]),
             Frame::Goodbye("bye".into()),
         ]

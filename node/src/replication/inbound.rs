@@ -97,7 +97,7 @@ async fn receive(state: &Arc<NodeState>, socket: TcpStream) -> Result<(), LinkEr
             return Err(LinkError::Unexpected("expected hello"));
         }
     };
-    if peer.version != PROTOCOL_VERSION {
+    if !super::frame::speaks(peer.version) {
         writer
             .goodbye(&format!("unsupported protocol version {}, this node speaks {PROTOCOL_VERSION}", peer.version))
             .await;
@@ -112,8 +112,8 @@ async fn receive(state: &Arc<NodeState>, socket: TcpStream) -> Result<(), LinkEr
         // We dialled ourselves: the pusher side notices and stops.
         return Ok(());
     }
-    let mut skew_reported = false;
-    repl.observe_skew(None, &peer.node_id, peer.wall_ms, &mut skew_reported);
+    // Pushers of protocol 1 do not know Pong.
+    let pongs = peer.version >= 2;
     repl.learn(&[super::frame::PeerInfo {
         node_id: peer.node_id.clone(),
         region: peer.region.clone(),
@@ -187,8 +187,13 @@ async fn receive(state: &Arc<NodeState>, socket: TcpStream) -> Result<(), LinkEr
                 tracing::info!(peer = %peer.node_id, "full snapshot applied");
                 writer.send(&Frame::Ack(journal.positions())).await?;
             }
-            Frame::Ping(wall_ms) => {
-                repl.observe_skew(None, &peer.node_id, wall_ms, &mut skew_reported);
+            Frame::Ping(echo_ms) => {
+                // The pusher measures clocks over this round trip; a one-way timestamp
+                // is not trusted here (a frame that waited in a paused process would
+                // look like skew).
+                if pongs {
+                    writer.send(&Frame::Pong { echo_ms, wall_ms: crate::clock::now_ms() }).await?;
+                }
                 writer.send(&Frame::Ack(journal.positions())).await?;
             }
             Frame::Gossip(peers) => repl.learn(&peers),

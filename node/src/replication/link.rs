@@ -85,7 +85,9 @@ async fn connect_and_push(state: &Arc<NodeState>, addr: &str) -> Result<(), Link
     let super::transport::Connection { mut reader, mut writer, cert } =
         super::transport::dial(state, addr, timeout).await?;
     let journal = state.db.journal();
-    writer.send(&Frame::Hello(repl.identity(journal.local_stream().epoch))).await?;
+    let hello = repl.identity(journal.local_stream().epoch);
+    let hello_sent_ms = hello.wall_ms;
+    writer.send(&Frame::Hello(hello)).await?;
     let (peer, peer_positions) = match reader.next_within(timeout, "welcome").await? {
         Frame::Welcome(id, positions) => (id, positions),
         Frame::Goodbye(reason) => return Err(refusal_or_goodbye(reason)),
@@ -95,7 +97,7 @@ async fn connect_and_push(state: &Arc<NodeState>, addr: &str) -> Result<(), Link
         writer.goodbye(&format!("{REFUSED_PREFIX}{e}")).await;
         return Err(e);
     }
-    if peer.version != PROTOCOL_VERSION {
+    if !super::frame::speaks(peer.version) {
         writer.goodbye("unsupported protocol version").await;
         return Err(LinkError::Refused(format!("peer speaks protocol {}, we speak {PROTOCOL_VERSION}", peer.version)));
     }
@@ -130,16 +132,15 @@ async fn connect_and_push(state: &Arc<NodeState>, addr: &str) -> Result<(), Link
         writer.goodbye("redundant link").await;
         return Err(LinkError::Refused(format!("{addr} is this node or already linked as {}", peer.node_id)));
     }
-    let mut skew_reported = false;
-    repl.observe_skew(Some(addr), &peer.node_id, peer.wall_ms, &mut skew_reported);
+    // Hello and Welcome are a round trip: the first clock comparison.
+    repl.observe_round_trip(addr, hello_sent_ms, peer.wall_ms);
     repl.acks.notify_waiters();
     writer.send(&Frame::Gossip(repl.gossip())).await?;
 
     // Acks, pings and gossip come back on the same connection.
     let reader_state = state.clone();
     let reader_addr = addr.to_string();
-    let mut reader_task =
-        tokio::spawn(async move { read_replies(&reader_state, &reader_addr, &mut reader, skew_reported).await });
+    let mut reader_task = tokio::spawn(async move { read_replies(&reader_state, &reader_addr, &mut reader).await });
     let peer_stream = super::StreamId::new(peer.node_id.as_str(), peer.epoch);
     let result = push(state, addr, &peer_stream, peer_positions, &mut writer, &mut reader_task).await;
     reader_task.abort();
@@ -161,13 +162,8 @@ fn refusal_or_goodbye(reason: String) -> LinkError {
     }
 }
 
-/// Handles what the receiver sends back: acks (positions), pings, gossip.
-async fn read_replies(
-    state: &NodeState,
-    addr: &str,
-    reader: &mut FrameReader,
-    mut skew_reported: bool,
-) -> Result<(), LinkError> {
+/// Handles what the receiver sends back: acks (positions), pongs, pings, gossip.
+async fn read_replies(state: &NodeState, addr: &str, reader: &mut FrameReader) -> Result<(), LinkError> {
     let repl = &state.replication;
     let timeout = repl.config.peer_timeout;
     loop {
@@ -181,11 +177,13 @@ async fn read_replies(
                 drop(table);
                 repl.acks.notify_waiters();
             }
-            Frame::Ping(wall_ms) => {
-                let node = p.node_id.clone().unwrap_or_default();
+            Frame::Pong { echo_ms, wall_ms } => {
                 drop(table);
-                repl.observe_skew(Some(addr), &node, wall_ms, &mut skew_reported);
+                repl.observe_round_trip(addr, echo_ms, wall_ms);
             }
+            // Sent while the receiver applies a long snapshot: liveness only (a one-way
+            // timestamp says nothing reliable about its clock).
+            Frame::Ping(_) => {}
             Frame::Gossip(peers) => {
                 drop(table);
                 repl.learn(&peers);

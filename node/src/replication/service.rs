@@ -25,8 +25,8 @@ use crate::status::{Lag, PeerState, PeerStatus};
 pub struct ReplicationConfig {
     /// Where peers reach our peer listener.
     pub advertise: String,
-    /// `--peers`.
-    pub seeds: Vec<String>,
+    /// `--peers`: addresses, with the region when the flag names it.
+    pub seeds: Vec<(String, Option<String>)>,
     pub peers_file: Option<PathBuf>,
     /// A peer silent this long is down.
     pub peer_timeout: Duration,
@@ -127,7 +127,7 @@ pub struct Replication {
 impl Replication {
     pub fn new(config: ReplicationConfig, node_id: &str, region: &str) -> Self {
         let mut table = PeerTable::default();
-        let seeds: Vec<_> = config.seeds.iter().map(|a| (a.clone(), None, None)).collect();
+        let seeds: Vec<_> = config.seeds.iter().map(|(a, region)| (a.clone(), region.clone(), None)).collect();
         table.set_seeds(&seeds);
         Replication {
             config,
@@ -199,26 +199,29 @@ impl Replication {
         }
     }
 
-    /// Records a clock difference seen with a peer; reports it (once per link, via
-    /// `reported`) when beyond the bound.
-    pub fn observe_skew(&self, addr_opt: Option<&str>, node: &str, remote_wall_ms: u64, reported: &mut bool) {
-        let skew = remote_wall_ms as i64 - clock::now_ms() as i64;
-        if let Some(addr) = addr_opt
-            && let Some(p) = self.table.lock().get_mut(addr)
-        {
-            p.skew_ms = Some(skew);
-        }
-        let beyond = skew.unsigned_abs() > self.config.max_skew_ms;
-        if beyond && !*reported {
+    /// Records a round trip with the peer linked at `addr`: its time, and the clock
+    /// difference when the round trip was short enough to tell; reports a peer whose
+    /// clock goes beyond `--max-clock-skew`, and its return within it.
+    pub fn observe_round_trip(&self, addr: &str, sent_ms: u64, remote_ms: u64) {
+        let Some(rt) = clock::RoundTrip::measure(sent_ms, remote_ms, clock::now_ms()) else { return };
+        let mut table = self.table.lock();
+        let Some(p) = table.get_mut(addr) else { return };
+        p.rtt_ms = Some(rt.rtt_ms);
+        let Some(beyond) = rt.beyond(self.config.max_skew_ms) else { return };
+        p.skew_ms = Some(rt.offset_ms);
+        let was = std::mem::replace(&mut p.clock_skewed, beyond);
+        let node = p.node_id.clone().unwrap_or_else(|| addr.to_string());
+        let region = p.region.clone().unwrap_or_default();
+        drop(table);
+        if beyond && !was {
             self.counters.skewed_peers.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                peer = %node, skew_ms = skew, max_ms = self.config.max_skew_ms,
+                peer = %node, region = %region, skew_ms = rt.offset_ms, rtt_ms = rt.rtt_ms, max_ms = self.config.max_skew_ms,
                 "clock skew with a peer beyond the bound; its timestamps are not merged into our clock"
             );
-        } else if !beyond && *reported {
-            tracing::info!(peer = %node, skew_ms = skew, "clock skew with a peer back within the bound");
+        } else if !beyond && was {
+            tracing::info!(peer = %node, region = %region, skew_ms = rt.offset_ms, "clock skew with a peer back within the bound");
         }
-        *reported = beyond;
     }
 
     /// Status of every peer for `/v1/status`.
@@ -238,6 +241,9 @@ impl Replication {
                     state: if p.is_up(now, self.config.peer_timeout) { PeerState::Up } else { PeerState::Down },
                     last_seen_ms_ago: p.last_seen.map(|t| now.duration_since(t).as_millis() as u64),
                     lag: Lag { writes: st.positions.ahead_of(&p.acked), ms: lag_ms },
+                    rtt_ms: p.rtt_ms,
+                    clock_offset_ms: p.skew_ms,
+                    clock_skewed: p.clock_skewed,
                 }
             })
             .collect()
@@ -283,6 +289,18 @@ impl Replication {
             "gauge",
             "Age of the oldest write a peer has not confirmed.",
             &per_peer(&|p| p.lag.ms),
+        );
+        metric(
+            "geocache_replication_rtt_ms",
+            "gauge",
+            "Round-trip time of the last heartbeat a peer answered.",
+            &per_peer(&|p| p.rtt_ms.unwrap_or(0)),
+        );
+        metric(
+            "geocache_replication_peer_clock_skewed",
+            "gauge",
+            "1 while a peer's clock is beyond --max-clock-skew of ours (measured over a round trip).",
+            &per_peer(&|p| u64::from(p.clock_skewed)),
         );
         metric(
             "geocache_replication_backlog_bytes",
@@ -392,67 +410,86 @@ impl Replication {
         }
     }
 
-    /// Who has not confirmed yet: region peers (by node id) or regions.
+    /// Who has not confirmed yet: region peers (by node id) or regions. Every configured
+    /// peer counts, reached or not: a peer whose region we do not know yet (a seed never
+    /// reached, given without a region) may be a region-mate or another region, and counts
+    /// as unconfirmed for both levels, so that a node that reached no one confirms nothing.
     fn missing_acks(&self, stream: &StreamId, seq: u64, level: AckLevel) -> Vec<String> {
         let now = Instant::now();
         let table = self.table.lock();
+        let peers: Vec<&Peer> = table.iter().filter(|p| !p.redundant).collect();
+        let unknown: Vec<Voter> = peers
+            .iter()
+            .filter(|p| p.region.is_none())
+            .map(|p| Voter { name: format!("unreached peer {}", p.addr), reachable: false, acked: false })
+            .collect();
+        let voter = |p: &Peer| Voter {
+            name: p.node_id.clone().unwrap_or_else(|| p.addr.clone()),
+            reachable: p.is_up(now, self.config.peer_timeout),
+            acked: p.acked.get(stream) >= seq,
+        };
         match level {
             AckLevel::Local => Vec::new(),
-            AckLevel::Region => table
-                .iter()
-                .filter(|p| !p.redundant && p.region.as_deref() == Some(self.region.as_str()))
-                .filter(|p| p.is_up(now, self.config.peer_timeout))
-                .filter(|p| p.acked.get(stream) < seq)
-                .map(|p| p.node_id.clone().unwrap_or_else(|| p.addr.clone()))
-                .collect(),
+            AckLevel::Region => {
+                let mut voters: Vec<Voter> = peers
+                    .iter()
+                    .filter(|p| p.region.as_deref() == Some(self.region.as_str()))
+                    .map(|p| voter(p))
+                    .collect();
+                voters.extend(unknown);
+                missing_majority(&voters, &format!("nodes of region {}", self.region))
+            }
             AckLevel::Global => {
-                let regions: Vec<RegionAck> = table
-                    .regions()
+                let mut regions: Vec<&str> =
+                    peers.iter().filter_map(|p| p.region.as_deref()).filter(|r| *r != self.region.as_str()).collect();
+                regions.sort_unstable();
+                regions.dedup();
+                let mut voters: Vec<Voter> = regions
                     .into_iter()
-                    .filter(|r| *r != self.region)
                     .map(|r| {
-                        let of_region = || table.iter().filter(|p| !p.redundant && p.region.as_deref() == Some(&r));
-                        RegionAck {
-                            reachable: of_region().any(|p| p.is_up(now, self.config.peer_timeout)),
-                            acked: of_region().any(|p| p.acked.get(stream) >= seq),
-                            name: r,
+                        let of_region = || peers.iter().filter(|p| p.region.as_deref() == Some(r)).map(|p| voter(p));
+                        Voter {
+                            name: format!("region {r}"),
+                            reachable: of_region().any(|v| v.reachable),
+                            acked: of_region().any(|v| v.acked),
                         }
                     })
                     .collect();
-                missing_global(&regions)
+                voters.extend(unknown);
+                missing_majority(&voters, "regions")
             }
         }
     }
 }
 
-/// How often a write waiting for `ack=global` looks again at which regions are reachable.
+/// How often a write waiting for `ack=region|global` looks again at which peers are reachable.
 const ACK_RECHECK: Duration = Duration::from_millis(100);
 
-/// Another region, as `ack=global` sees it.
+/// A node of this region (`ack=region`) or another region (`ack=global`) whose
+/// confirmation counts, or a configured peer not reached yet, which may be either.
 #[derive(Debug, Clone)]
-struct RegionAck {
+struct Voter {
     name: String,
-    /// A node of the region is linked and answering.
+    /// Linked and answering.
     reachable: bool,
-    /// A node of the region has confirmed the write.
+    /// Has confirmed the write.
     acked: bool,
 }
 
-/// What `ack=global` still waits for, given the other regions: a confirmation from every
-/// reachable region, and from a majority of all regions (this one included). An unreachable
-/// region is not waited for once a majority has confirmed, so a region that is down does not
-/// fail every global write; but a region cut off from most others never confirms a global
-/// write on its own.
-fn missing_global(others: &[RegionAck]) -> Vec<String> {
-    let mut missing: Vec<String> =
-        others.iter().filter(|r| r.reachable && !r.acked).map(|r| format!("region {}", r.name)).collect();
+/// What a write still waits for, given the other voters (this node or region is one
+/// more, and has the write): a confirmation from every reachable voter, and from a
+/// majority of all of them. A voter that is unreachable is not waited for once a majority
+/// confirmed, so one that is down does not fail every write; but a node or region cut off
+/// from most others — or that has not reached them yet — never confirms a write on its own.
+fn missing_majority(others: &[Voter], what: &str) -> Vec<String> {
+    let mut missing: Vec<String> = others.iter().filter(|v| v.reachable && !v.acked).map(|v| v.name.clone()).collect();
     let total = others.len() + 1;
-    let confirmed = others.iter().filter(|r| r.acked).count() + 1;
+    let confirmed = others.iter().filter(|v| v.acked).count() + 1;
     if confirmed * 2 <= total {
         let unreachable: Vec<&str> =
-            others.iter().filter(|r| !r.reachable && !r.acked).map(|r| r.name.as_str()).collect();
+            others.iter().filter(|v| !v.reachable && !v.acked).map(|v| v.name.as_str()).collect();
         missing.push(format!(
-            "a majority of regions ({confirmed} of {total} confirmed; unreachable: {})",
+            "a majority of {what} ({confirmed} of {total} confirmed; unreachable: {})",
             unreachable.join(", ")
         ));
     }
@@ -524,7 +561,7 @@ fn reload_peers_file(state: &NodeState, path: &std::path::Path) {
     match PeersFile::parse(&bytes) {
         Ok(file) => {
             let mut seeds: Vec<(String, Option<String>, Option<String>)> =
-                repl.config.seeds.iter().map(|a| (a.clone(), None, None)).collect();
+                repl.config.seeds.iter().map(|(a, region)| (a.clone(), region.clone(), None)).collect();
             for p in file.peers {
                 if p.addr == repl.config.advertise || p.node_id.as_deref() == Some(repl.node_id()) {
                     continue;
@@ -617,36 +654,119 @@ async fn manage_peers(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>
 mod tests {
     use super::*;
 
-    fn region(name: &str, reachable: bool, acked: bool) -> RegionAck {
-        RegionAck { name: name.into(), reachable, acked }
+    fn region(name: &str, reachable: bool, acked: bool) -> Voter {
+        Voter { name: format!("region {name}"), reachable, acked }
+    }
+
+    fn unreached(addr: &str) -> Voter {
+        Voter { name: format!("unreached peer {addr}"), reachable: false, acked: false }
+    }
+
+    fn global(others: &[Voter]) -> Vec<String> {
+        missing_majority(others, "regions")
     }
 
     #[test]
     fn ack_global_waits_for_every_reachable_region() {
-        let missing = missing_global(&[region("us", true, true), region("ap", true, false)]);
+        let missing = global(&[region("us", true, true), region("ap", true, false)]);
         assert_eq!(missing, ["region ap"]);
-        assert!(missing_global(&[region("us", true, true), region("ap", true, true)]).is_empty());
+        assert!(global(&[region("us", true, true), region("ap", true, true)]).is_empty());
     }
 
     #[test]
     fn ack_global_does_not_wait_for_an_unreachable_region_once_a_majority_confirmed() {
         // eu (this one) and us of eu, us, ap: a majority; ap is down.
-        assert!(missing_global(&[region("us", true, true), region("ap", false, false)]).is_empty());
+        assert!(global(&[region("us", true, true), region("ap", false, false)]).is_empty());
     }
 
     #[test]
     fn ack_global_never_succeeds_on_a_minority_however_few_regions_are_reachable() {
-        let missing = missing_global(&[region("us", false, false), region("ap", false, false)]);
-        assert_eq!(missing, ["a majority of regions (1 of 3 confirmed; unreachable: us, ap)"]);
+        let missing = global(&[region("us", false, false), region("ap", false, false)]);
+        assert_eq!(missing, ["a majority of regions (1 of 3 confirmed; unreachable: region us, region ap)"]);
         // Two regions: the other one is needed, reachable or not.
-        assert_eq!(missing_global(&[region("us", false, false)]).len(), 1);
+        assert_eq!(global(&[region("us", false, false)]).len(), 1);
         // Four regions: two confirmations are not a majority.
-        let missing = missing_global(&[region("b", true, true), region("c", false, false), region("d", false, false)]);
+        let missing = global(&[region("b", true, true), region("c", false, false), region("d", false, false)]);
         assert_eq!(missing.len(), 1, "{missing:?}");
     }
 
     #[test]
     fn ack_global_on_a_single_region_needs_no_one_else() {
-        assert!(missing_global(&[]).is_empty());
+        assert!(global(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_node_that_reached_no_peer_yet_confirms_no_global_write() {
+        // Right after a start, seeds given without a region are not known to be anything.
+        let missing = global(&[unreached("10.0.0.2:7946"), unreached("10.0.0.3:7946")]);
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert!(missing[0].contains("1 of 3 confirmed"), "{missing:?}");
+    }
+
+    #[test]
+    fn an_unreached_seed_counts_against_the_majority_as_if_it_were_another_region() {
+        // us confirmed; ap's endpoint was never reached since this node started: 2 of 3.
+        assert!(global(&[region("us", true, true), unreached("ap-lb:7946")]).is_empty());
+        // Two unreached seeds may be two regions: 2 of 4 is not a majority.
+        assert_eq!(global(&[region("us", true, true), unreached("a:1"), unreached("b:1")]).len(), 1);
+    }
+
+    fn peer(addr: &str, region: Option<&str>, up: bool, acked: bool) -> Peer {
+        let mut p = Peer::new(addr.into(), crate::membership::Source::Seed, region.map(Into::into), None);
+        if up {
+            p.connected = true;
+            p.last_seen = Some(Instant::now());
+        }
+        if acked {
+            p.acked.set(StreamId::new("eu-0", 1), 5);
+        }
+        p
+    }
+
+    fn replication(peers: Vec<Peer>) -> Replication {
+        let r = Replication::new(ReplicationConfig::standalone(), "eu-0", "eu");
+        let mut table = r.table.lock();
+        for p in peers {
+            table.add(p);
+        }
+        drop(table);
+        r
+    }
+
+    fn missing(r: &Replication, level: AckLevel) -> Vec<String> {
+        r.missing_acks(&StreamId::new("eu-0", 1), 5, level)
+    }
+
+    #[test]
+    fn ack_region_and_global_count_configured_peers_never_reached() {
+        // Just started: three seeds given as bare addresses, none reached.
+        let r = replication(vec![peer("a:1", None, false, false), peer("b:1", None, false, false)]);
+        assert_eq!(missing(&r, AckLevel::Region).len(), 1, "{:?}", missing(&r, AckLevel::Region));
+        assert_eq!(missing(&r, AckLevel::Global).len(), 1, "{:?}", missing(&r, AckLevel::Global));
+    }
+
+    #[test]
+    fn ack_region_waits_for_live_region_mates_and_a_majority_of_the_region() {
+        // eu-1 up and confirmed, eu-2 down: 2 of 3.
+        let r = replication(vec![peer("eu-1:1", Some("eu"), true, true), peer("eu-2:1", Some("eu"), false, false)]);
+        assert!(missing(&r, AckLevel::Region).is_empty());
+        // eu-1 up and not confirmed yet: waited for.
+        let r = replication(vec![peer("eu-1:1", Some("eu"), true, false)]);
+        assert_eq!(missing(&r, AckLevel::Region)[0], "eu-1:1");
+        // The only region-mate is down: this node alone is not a majority of two.
+        let r = replication(vec![peer("eu-1:1", Some("eu"), false, false), peer("us:1", Some("us"), true, true)]);
+        assert_eq!(missing(&r, AckLevel::Region).len(), 1);
+        // Peers of other regions do not count for ack=region.
+        let r = replication(vec![peer("eu-1:1", Some("eu"), true, true), peer("us:1", Some("us"), true, false)]);
+        assert!(missing(&r, AckLevel::Region).is_empty());
+    }
+
+    #[test]
+    fn ack_global_counts_regions_known_from_the_configuration_before_they_are_reached() {
+        // The peers file names ap's endpoint with its region: ap counts while never reached.
+        let r = replication(vec![peer("us:1", Some("us"), true, true), peer("ap:1", Some("ap"), false, false)]);
+        assert!(missing(&r, AckLevel::Global).is_empty());
+        let r = replication(vec![peer("us:1", Some("us"), false, false), peer("ap:1", Some("ap"), false, false)]);
+        assert_eq!(missing(&r, AckLevel::Global).len(), 1);
     }
 }

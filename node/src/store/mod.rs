@@ -423,14 +423,16 @@ impl Store {
     /// A local read-modify-write under the shard lock.
     ///
     /// `decide` sees the live entry (or `None`) and decides; when it writes, `stamp`
-    /// gives the new version and `commit` sees the new record — both still under the
-    /// lock, so versions, the store and the log agree on the order of writes to a key.
+    /// gives the new version from the version the key holds now (live, expired or a
+    /// tombstone), which it must exceed, and `commit` sees the new record — both still
+    /// under the lock, so versions, the store and the log agree on the order of writes
+    /// to a key.
     pub fn update<R, C, E>(
         &self,
         key: &str,
         now_ms: u64,
         decide: impl FnOnce(Option<Current<'_>>) -> Result<Decision<R>, E>,
-        stamp: impl FnOnce() -> Version,
+        stamp: impl FnOnce(Option<Version>) -> Version,
         commit: impl FnOnce(RecordRef<'_>) -> C,
     ) -> Result<(R, Option<(Version, C)>), E> {
         let (hash, shard) = self.locate(key);
@@ -447,7 +449,7 @@ impl Store {
             Decision::Keep(reply) => return Ok((reply, None)),
             Decision::Write { value, expires_at, reply } => (value, expires_at, reply),
         };
-        let version = stamp();
+        let version = stamp(pos.map(|p| s.slots[p].version()));
         let slot = Slot::new(key, version, expires_at, value.as_ref().map(Value::as_ref), self.access_now(now_ms));
         let pos = self.put_slot(&mut s, pos, hash, slot);
         let committed = commit(s.slots[pos].record());
@@ -486,7 +488,7 @@ impl Store {
         &self,
         entries: &[(&str, Value, Option<u64>)],
         now_ms: u64,
-        mut stamp: impl FnMut() -> Version,
+        mut stamp: impl FnMut(Option<Version>) -> Version,
         mut commit: impl FnMut(RecordRef<'_>) -> C,
     ) -> Vec<(bool, Version, C)> {
         let located: Vec<(u64, usize)> = entries.iter().map(|(key, _, _)| self.hash_and_shard(key)).collect();
@@ -501,7 +503,7 @@ impl Store {
             let s = &mut guards[g].1;
             let pos = s.find(hash, key.as_bytes());
             let absent = pos.is_none_or(|p| !s.slots[p].is_live(now_ms) || s.slots[p].is_tombstone());
-            let version = stamp();
+            let version = stamp(pos.map(|p| s.slots[p].version()));
             let slot = Slot::new(key, version, *expires_at, Some(value.as_ref()), self.access_now(now_ms));
             let pos = self.put_slot(s, pos, hash, slot);
             let committed = commit(s.slots[pos].record());

@@ -24,7 +24,7 @@ fn put(store: &Store, key: &str, value: &str, hlc: u64, expires_at: Option<u64>)
             key,
             NOW,
             |_| Ok(Decision::Write { value: Some(json(value)), expires_at, reply: () }),
-            || Version { hlc, origin: OriginId::LOCAL },
+            |_| Version { hlc, origin: OriginId::LOCAL },
             |_| (),
         )
         .unwrap();
@@ -53,7 +53,7 @@ fn an_expired_entry_is_never_returned() {
     assert!(s.read("k", NOW + 11, |c| c.is_none()));
     // And a write sees it as absent.
     let (seen, _) =
-        s.update::<_, (), ()>("k", NOW + 20, |c| Ok(Decision::Keep(c.is_some())), || unreachable!(), |_| ()).unwrap();
+        s.update::<_, (), ()>("k", NOW + 20, |c| Ok(Decision::Keep(c.is_some())), |_| unreachable!(), |_| ()).unwrap();
     assert!(!seen);
 }
 
@@ -181,7 +181,7 @@ fn eviction_keeps_accounted_memory_under_the_limit_and_prefers_cold_keys() {
             &format!("key-{i}"),
             now,
             |_| Ok(Decision::Write { value: Some(json(&value)), expires_at: None, reply: () }),
-            || Version { hlc: i + 2, origin: OriginId::LOCAL },
+            |_| Version { hlc: i + 2, origin: OriginId::LOCAL },
             |_| (),
         )
         .unwrap();
@@ -197,7 +197,7 @@ fn update_can_keep_the_entry_unchanged() {
     let s = store();
     put(&s, "k", "1", 5, None);
     let (reply, written) = s
-        .update::<_, (), ()>("k", NOW, |c| Ok(Decision::Keep(c.map(|c| c.version.hlc))), || unreachable!(), |_| ())
+        .update::<_, (), ()>("k", NOW, |c| Ok(Decision::Keep(c.map(|c| c.version.hlc))), |_| unreachable!(), |_| ())
         .unwrap();
     assert_eq!(reply, Some(5));
     assert!(written.is_none());
@@ -207,7 +207,7 @@ fn update_can_keep_the_entry_unchanged() {
 fn an_error_in_decide_changes_nothing() {
     let s = store();
     put(&s, "k", "1", 5, None);
-    let r = s.update::<(), (), &str>("k", NOW, |_| Err("no"), || unreachable!(), |_| ());
+    let r = s.update::<(), (), &str>("k", NOW, |_| Err("no"), |_| unreachable!(), |_| ());
     assert_eq!(r.unwrap_err(), "no");
     assert_eq!(&*s.get("k", NOW).unwrap().value.bytes, b"1");
 }
@@ -292,7 +292,7 @@ fn put_many_writes_every_key_and_the_last_of_a_repeated_one() {
     let out = s.put_many(
         &entries,
         NOW,
-        || {
+        |_| {
             hlc += 1;
             Version { hlc, origin: OriginId::LOCAL }
         },
@@ -317,7 +317,12 @@ fn no_reader_sees_half_of_a_put_many() {
             for i in 1..=20_000u64 {
                 let n = json(&i.to_string());
                 let entries = [(keys[0], n.clone(), None), (keys[1], n, None)];
-                s.put_many(&entries, NOW, || Version { hlc: clock::pack(NOW, 0) + i, origin: OriginId::LOCAL }, |_| ());
+                s.put_many(
+                    &entries,
+                    NOW,
+                    |_| Version { hlc: clock::pack(NOW, 0) + i, origin: OriginId::LOCAL },
+                    |_| (),
+                );
             }
         })
     };
