@@ -13,6 +13,8 @@ step() { printf '\n==> %s\n' "$*"; }
 need_apt=()
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# libfaketime: the fault-injection and clock-skew tests offset a node's clock with it.
+command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
 # The end-to-end tier: network namespaces and veth pairs (ip, unshare), HTTP checks (curl).
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)

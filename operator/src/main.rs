@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use geocache_operator::controller::{self, Context, Settings, shutdown_signal};
-use geocache_operator::leader::{self, LeaseConfig};
+use geocache_operator::leader::{EXIT_LOST_LEADERSHIP, Elector, LeaseConfig, Timing, Watchdog};
 use geocache_operator::metrics::Metrics;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client, Config};
@@ -38,6 +38,18 @@ struct Cli {
     /// Namespace of the Lease (default: the operator's own namespace).
     #[arg(long, env = "GEOCACHE_OPERATOR_LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
+    /// Seconds a standby replica waits, after it last saw the Lease change, before it takes
+    /// the Lease over.
+    #[arg(long, env = "GEOCACHE_OPERATOR_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Seconds after the start of its last successful renewal at which the leader stops
+    /// reconciling and exits; below the lease duration, so that it has stopped before a
+    /// standby may take over.
+    #[arg(long, env = "GEOCACHE_OPERATOR_RENEW_DEADLINE_SECONDS", default_value_t = 10)]
+    renew_deadline_seconds: u64,
+    /// Seconds between two attempts to renew or take the Lease; below the renew deadline.
+    #[arg(long, env = "GEOCACHE_OPERATOR_RETRY_PERIOD_SECONDS", default_value_t = 2)]
+    retry_period_seconds: u64,
     /// Seconds between two looks at a GeoCache that is at its desired state (refreshes lag).
     #[arg(long, env = "GEOCACHE_OPERATOR_RESYNC_SECONDS", default_value_t = 60)]
     resync_seconds: u64,
@@ -131,6 +143,12 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_tracing(cli.log_format);
+    let timing = Timing::new(
+        Duration::from_secs(cli.lease_duration_seconds),
+        Duration::from_secs(cli.renew_deadline_seconds),
+        Duration::from_secs(cli.retry_period_seconds),
+    )
+    .context("invalid leader election timing")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
@@ -162,8 +180,7 @@ async fn main() -> anyhow::Result<()> {
     }
     metrics.set_ready(true);
 
-    let mut lost_leadership = false;
-    let lease = if cli.leader_elect {
+    let elector = if cli.leader_elect {
         let namespace = cli
             .lease_namespace
             .clone()
@@ -173,19 +190,13 @@ async fn main() -> anyhow::Result<()> {
             .ok()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| format!("geocache-operator-{}", std::process::id()));
-        let config = LeaseConfig {
-            name: cli.lease_name.clone(),
-            namespace: namespace.clone(),
-            identity,
-            lease_duration: Duration::from_secs(15),
-            renew_every: Duration::from_secs(5),
-        };
-        let api: Api<Lease> = Api::namespaced(client.clone(), &namespace);
-        if !leader::acquire(&api, &config, stopped(stop_rx.clone())).await {
+        let config = LeaseConfig { name: cli.lease_name.clone(), namespace: namespace.clone(), identity, timing };
+        let elector = Elector::new(Api::<Lease>::namespaced(client.clone(), &namespace), config);
+        let Some(leading_since) = elector.acquire(stopped(stop_rx.clone())).await else {
             let _ = server.await;
             return Ok(());
-        }
-        Some((api, config))
+        };
+        Some((elector, leading_since))
     } else {
         None
     };
@@ -193,33 +204,39 @@ async fn main() -> anyhow::Result<()> {
 
     let settings = Settings { requeue_stable: Duration::from_secs(cli.resync_seconds.max(5)), ..Settings::default() };
     let ctx = Arc::new(Context::new(client, metrics.clone(), settings));
-    let run = controller::run(ctx, cli.namespaces.clone(), shutdown.clone());
-    match &lease {
-        Some((api, config)) => {
-            let renew = leader::keep_leading(api, config, stopped(stop_rx.clone()));
-            tokio::pin!(run);
+    let mut run = Box::pin(controller::run(ctx, cli.namespaces.clone(), shutdown.clone()));
+    match &elector {
+        Some((elector, leading_since)) => {
+            // The backstop: ends the process a little after the renew deadline should the
+            // runtime be too blocked to stop the controller itself.
+            let watchdog = Watchdog::start().context("cannot start the leader watchdog thread")?;
+            let grace = timing.watchdog_delay();
+            watchdog.arm(leading_since.into_std() + grace);
+            // Renewals go on while the controller drains after SIGTERM: it acts until
+            // `run` returns, so it must still lead until then.
+            let renew = elector.keep_leading(*leading_since, |renewed| watchdog.arm(renewed.into_std() + grace));
             tokio::select! {
-                () = &mut run => {}
-                kept = renew => {
-                    if !kept {
-                        lost_leadership = true;
-                        metrics.set_leader(false);
-                        let _ = stop_tx.send(true);
-                    }
-                    run.await;
+                () = &mut run => watchdog.disarm(),
+                lost = renew => {
+                    // Stop acting at once: the controller and its in-flight reconciles are
+                    // dropped, not drained, since another replica may take over soon;
+                    // then exit without touching the Lease (we cannot reach it in time).
+                    drop(run);
+                    metrics.set_leader(false);
+                    tracing::error!(
+                        lease = %elector.config().name,
+                        reason = %lost,
+                        "lost leadership; stopped reconciling, exiting so that this replica restarts as a candidate"
+                    );
+                    std::process::exit(EXIT_LOST_LEADERSHIP);
                 }
             }
+            elector.release().await;
         }
         None => run.await,
     }
-    if let (Some((api, config)), false) = (&lease, lost_leadership) {
-        leader::release(api, config).await;
-    }
     let _ = stop_tx.send(true);
     let _ = server.await;
-    if lost_leadership {
-        anyhow::bail!("lost leadership; exiting so that this replica restarts as a candidate");
-    }
     tracing::info!("stopped");
     Ok(())
 }

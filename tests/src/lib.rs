@@ -40,6 +40,7 @@ pub const REDIS_CLI_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of a node's log is printed when a test fails.
 const LOG_TAIL_BYTES: usize = 64 * 1024;
 
+pub mod apiserver;
 pub mod fleet;
 pub mod kubelet;
 
