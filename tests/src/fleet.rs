@@ -49,6 +49,7 @@ pub struct FleetBuilder {
     wan_delay: Duration,
     args: Vec<OsString>,
     node_args: HashMap<String, Vec<OsString>>,
+    node_env: HashMap<String, Vec<(OsString, OsString)>>,
     persistent: BTreeSet<String>,
     unseeded: BTreeSet<String>,
     time_limit: Duration,
@@ -86,6 +87,16 @@ impl FleetBuilder {
         S: Into<OsString>,
     {
         self.node_args.entry(node.to_string()).or_default().extend(args.into_iter().map(Into::into));
+        self
+    }
+    /// Extra environment variables for one node (e.g. [`crate::faketime_env`]).
+    pub fn node_env<I, K, V>(mut self, node: &str, env: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<OsString>,
+        V: Into<OsString>,
+    {
+        self.node_env.entry(node.to_string()).or_default().extend(env.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
     }
     /// Give this node a `--data-dir` (kept across its restarts).
@@ -160,6 +171,9 @@ impl FleetBuilder {
             opts = opts.args(self.args.iter().cloned());
             if let Some(extra) = self.node_args.get(id) {
                 opts = opts.args(extra.iter().cloned());
+            }
+            for (k, v) in self.node_env.get(id).into_iter().flatten() {
+                opts = opts.env(k.clone(), v.clone());
             }
             if self.persistent.contains(id) {
                 opts = opts.persistent();
@@ -291,6 +305,7 @@ impl Fleet {
             wan_delay: Duration::from_millis(20),
             args: Vec::new(),
             node_args: HashMap::new(),
+            node_env: HashMap::new(),
             persistent: BTreeSet::new(),
             unseeded: BTreeSet::new(),
             time_limit: Duration::from_secs(60),
@@ -375,6 +390,39 @@ impl Fleet {
     /// Heals both directions between `a` and `b`.
     pub fn heal(&self, a: &str, b: &str) {
         self.links_between(a, Some(b)).for_each(|p| p.heal());
+    }
+
+    /// Cuts one direction only: connections dialled from region `from` to region `to`
+    /// are closed (and new ones refused), those dialled from `to` to `from` still
+    /// work. Nodes push writes over the links they dial, so `from` can no longer push
+    /// to `to` directly, while `to` still pushes to `from`.
+    pub fn cut_one_way(&self, from: &str, to: &str) {
+        self.link(from, to).cut();
+    }
+
+    /// Heals the one direction `from -> to` (see [`cut_one_way`](Self::cut_one_way)).
+    pub fn heal_one_way(&self, from: &str, to: &str) {
+        self.link(from, to).heal();
+    }
+
+    /// `SIGSTOP` node `id` (see [`NodeProcess::pause`]).
+    pub fn pause(&mut self, id: &str) {
+        self.node_mut(id).pause();
+    }
+
+    /// `SIGCONT` node `id` (see [`NodeProcess::resume`]).
+    pub fn resume(&mut self, id: &str) {
+        self.node_mut(id).resume();
+    }
+
+    /// `kill -9` node `id` and wait for it to exit.
+    pub fn kill(&mut self, id: &str) {
+        self.node_mut(id).kill();
+    }
+
+    /// Starts node `id` again (stopping it first when running) and waits until ready.
+    pub fn restart(&mut self, id: &str) {
+        self.node_mut(id).restart();
     }
 
     /// Heals every link.

@@ -41,6 +41,7 @@ pub const REDIS_CLI_TIMEOUT: Duration = Duration::from_secs(30);
 const LOG_TAIL_BYTES: usize = 64 * 1024;
 
 pub mod apiserver;
+pub mod faults;
 pub mod fleet;
 pub mod kubelet;
 
@@ -438,6 +439,7 @@ pub struct NodeProcess {
     last_exit: Option<ExitStatus>,
     starts: u32,
     log_printed: bool,
+    paused: bool,
     tmp: Option<tempfile::TempDir>,
 }
 
@@ -545,6 +547,7 @@ impl NodeProcess {
             last_exit: None,
             starts: 0,
             log_printed: false,
+            paused: false,
             tmp: Some(tmp),
         };
         node.spawn_process();
@@ -609,6 +612,7 @@ impl NodeProcess {
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
         self.child = Some(child);
         self.last_exit = None;
+        self.paused = false;
     }
 
     /// Waits until `GET /readyz` answers 200 and the Redis port (when on) accepts
@@ -695,9 +699,52 @@ impl NodeProcess {
                 .expect("wait for the node")
                 .expect("the node did not exit within 10 s of SIGKILL");
             self.last_exit = Some(status);
+            self.paused = false;
             self.append_to_log(&format!("===== geocache-tests: SIGKILL sent; exit status {status} ====="));
         }
         self.last_exit.expect("the node was never started")
+    }
+
+    /// `SIGSTOP`: the process is frozen (its sockets stay open, the kernel still
+    /// accepts connections and buffers bytes, nothing is answered) until
+    /// [`resume`](Self::resume). No-op when it is not running or already paused.
+    pub fn pause(&mut self) {
+        if let Some(pid) = self.pid()
+            && !self.paused
+        {
+            signal(pid, libc::SIGSTOP);
+            self.paused = true;
+            self.append_to_log(&format!("===== geocache-tests: SIGSTOP at unix ms {} =====", now_unix_ms()));
+        }
+    }
+
+    /// `SIGCONT` after [`pause`](Self::pause). No-op when it is not paused.
+    pub fn resume(&mut self) {
+        if let Some(pid) = self.pid()
+            && self.paused
+        {
+            signal(pid, libc::SIGCONT);
+            self.paused = false;
+            self.append_to_log(&format!("===== geocache-tests: SIGCONT at unix ms {} =====", now_unix_ms()));
+        }
+    }
+
+    /// Whether the process was paused with [`pause`](Self::pause) and not resumed.
+    pub fn is_paused(&self) -> bool {
+        self.paused && self.child.is_some()
+    }
+
+    /// Sets (or replaces) an environment variable for the next start, e.g. to start
+    /// the node again with another clock offset ([`faketime_env`]).
+    pub fn set_env(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) {
+        let key = key.into();
+        self.opts.env.retain(|(k, _)| *k != key);
+        self.opts.env.push((key, value.into()));
+    }
+
+    /// Removes an environment variable for the next start.
+    pub fn remove_env(&mut self, key: impl AsRef<std::ffi::OsStr>) {
+        self.opts.env.retain(|(k, _)| k.as_os_str() != key.as_ref());
     }
 
     /// SIGTERM, then wait up to the stop timeout (default 10 s); SIGKILL after that.
@@ -705,6 +752,11 @@ impl NodeProcess {
     pub fn stop(&mut self) -> ExitStatus {
         if let Some(mut child) = self.child.take() {
             signal(child.id(), libc::SIGTERM);
+            if self.paused {
+                // A stopped process handles SIGTERM only once it runs again.
+                signal(child.id(), libc::SIGCONT);
+                self.paused = false;
+            }
             let status = match wait_child(&mut child, self.opts.stop_timeout).expect("wait for the node") {
                 Some(s) => s,
                 None => {
@@ -1324,6 +1376,55 @@ pub fn run_node_to_exit(bin: &Path, args: &[&str], timeout: Duration) -> Output 
     run_with_timeout(&mut cmd, None, timeout).unwrap_or_else(|e| panic!("{}: {e}", bin.display()))
 }
 
+/// Where Debian's `faketime` package (`libfaketime`) puts the preload library.
+pub const LIBFAKETIME_PATHS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1",
+    "/usr/local/lib/faketime/libfaketime.so.1",
+];
+
+/// The libfaketime preload library: `$GEOCACHE_LIBFAKETIME` when set, else the first
+/// of [`LIBFAKETIME_PATHS`] that exists. `None` when there is none.
+pub fn find_libfaketime() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("GEOCACHE_LIBFAKETIME") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    LIBFAKETIME_PATHS.iter().map(PathBuf::from).find(|p| p.is_file())
+}
+
+/// The libfaketime preload library; panics with what to install when it is missing
+/// (tests that offset clocks need it: `apt-get install faketime`).
+pub fn libfaketime() -> PathBuf {
+    find_libfaketime().unwrap_or_else(|| {
+        panic!(
+            "libfaketime is missing (looked at $GEOCACHE_LIBFAKETIME and {LIBFAKETIME_PATHS:?}): \
+             install Debian's `faketime` package (apt-get install faketime), which tests/run.sh installs"
+        )
+    })
+}
+
+/// A relative `FAKETIME` value: signed seconds with milliseconds, e.g. `+10.000`.
+pub fn faketime_offset(offset_ms: i64) -> String {
+    let sign = if offset_ms < 0 { '-' } else { '+' };
+    let abs = offset_ms.unsigned_abs();
+    format!("{sign}{}.{:03}", abs / 1000, abs % 1000)
+}
+
+/// The environment that makes a process's wall clock run `offset_ms` ahead of this
+/// machine's (behind when negative), through libfaketime: `LD_PRELOAD` and a relative
+/// `FAKETIME` such as `+10.000` (seconds; the clock keeps running at normal speed).
+/// Panics when libfaketime is missing (see [`libfaketime`]).
+pub fn faketime_env(offset_ms: i64) -> Vec<(OsString, OsString)> {
+    let lib = libfaketime();
+    vec![
+        ("LD_PRELOAD".into(), lib.into_os_string()),
+        ("FAKETIME".into(), faketime_offset(offset_ms).into()),
+        // Read FAKETIME once: the offset of a process never changes while it runs.
+        ("FAKETIME_NO_CACHE".into(), "0".into()),
+    ]
+}
+
 /// Whether `status` means "killed by `sig`".
 pub fn killed_by(status: ExitStatus, sig: i32) -> bool {
     status.signal() == Some(sig)
@@ -1375,6 +1476,13 @@ mod tests {
         let raw = b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\nX-A: b\r\n\r\n{}";
         let r = http::read_response(&mut &raw[..], false).unwrap();
         assert_eq!((r.status, r.header("x-a"), &r.body[..]), (404, Some("b"), &b"{}"[..]));
+    }
+
+    #[test]
+    fn faketime_offsets_are_written_as_signed_seconds() {
+        assert_eq!(faketime_offset(10_000), "+10.000");
+        assert_eq!(faketime_offset(-250), "-0.250");
+        assert_eq!(faketime_offset(0), "+0.000");
     }
 
     #[test]
