@@ -278,11 +278,16 @@ build_images() {
 }
 
 started_engine=0
+rootfs_pid=""
 build_container=""
 work=""
 cleanup() {
   local rc=$?
   set +e
+  if [ -n "$rootfs_pid" ] && kill -0 "$rootfs_pid" 2>/dev/null; then
+    kill "$rootfs_pid"
+    wait "$rootfs_pid"
+  fi
   if [ -n "$build_container" ]; then docker_ rm -f -v "$build_container" >/dev/null 2>&1; fi
   if [ "$started_engine" = 1 ]; then "$kind_lib_dir/engine.sh" down; fi
   if [ -n "$work" ]; then rm -rf "$work"; fi
@@ -296,12 +301,25 @@ trap 'exit 143' TERM
 install_packages
 [ "${1:-}" = packages ] && exit 0
 
-step "Debian $DEBIAN_SUITE root filesystems (debootstrap, cached by package list)"
-node_rootfs="$(rootfs node "$node_packages")"
-slim_rootfs="$(rootfs slim "$slim_packages")"
+work="$(mktemp -d "${TMPDIR:-/tmp}/geocache-kind-prepare.XXXXXX")"
+# debootstrap (mostly downloads and unpacking) runs while the Go builds use the CPUs.
+step "Debian $DEBIAN_SUITE root filesystems (debootstrap, cached by package list; in the background)"
+(
+  rootfs node "$node_packages" >"$work/node-rootfs"
+  rootfs slim "$slim_packages" >"$work/slim-rootfs"
+) 2>"$work/rootfs.log" &
+rootfs_pid=$!
 
 step "binaries (build-binaries.sh: Go module proxy, cached by version)"
 "$kind_lib_dir/build-binaries.sh"
+
+step "Debian $DEBIAN_SUITE root filesystems (waiting for debootstrap)"
+rootfs_rc=0
+wait "$rootfs_pid" || rootfs_rc=$?
+cat "$work/rootfs.log"
+[ "$rootfs_rc" -eq 0 ] || die "making the root filesystems failed"
+node_rootfs="$(cat "$work/node-rootfs")"
+slim_rootfs="$(cat "$work/slim-rootfs")"
 
 step "engine (engine.sh up: dockerd in network namespace $ENGINE_NETNS)"
 if [ ! -S "$engine_sock" ] || ! docker_ version >/dev/null 2>&1; then
@@ -310,7 +328,6 @@ if [ ! -S "$engine_sock" ] || ! docker_ version >/dev/null 2>&1; then
 else
   echo "  already running"
 fi
-work="$(mktemp -d "${TMPDIR:-/tmp}/geocache-kind-prepare.XXXXXX")"
 node_image="" client_image=""
 build_images
 kind_step_done
