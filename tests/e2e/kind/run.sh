@@ -75,6 +75,12 @@ local_cleanup() {
   if [ "$tunables_saved" = 1 ]; then
     local line
     while read -r line; do sysctl -q -w "${line// /}" >/dev/null 2>&1; done <"$state/tunables"
+    if sysctl -e "${kernel_tunables[@]}" | diff -u "$state/tunables" -; then
+      echo "kernel tunables as they were: $(tr '\n' ' ' <"$state/tunables")"
+    else
+      echo "error: kernel tunables could not be put back (diff above)" >&2
+      [ "$rc" -ne 0 ] || rc=1
+    fi
   fi
   if [ -f "$state/net.before" ] && [ "$KEEP" != 1 ]; then
     step "checking that the machine's routes and iptables rules are as they were"
@@ -793,6 +799,7 @@ check_process() {
   out="$(inspect "$i" "$ns" "$pod" "$container")"
   local cmd uid gid caps nnp root
   cmd="$(head -n 1 <<<"$out")"
+  cmd="${cmd% }"
   uid="$(awk '/^Uid:/ { print $2, $3, $4, $5 }' <<<"$out")"
   gid="$(awk '/^Gid:/ { print $2, $3, $4, $5 }' <<<"$out")"
   caps="$(awk '/^Cap(Inh|Prm|Eff|Bnd|Amb):/ { printf "%s%s ", $1, $2 }' <<<"$out")"
