@@ -783,3 +783,177 @@ fn a_delete_made_during_a_partition_longer_than_the_retention_still_wins_when_it
     }
     f.finish();
 }
+
+/// The HLC part of a version (`<16 hex digits>-<node>`), which orders versions.
+fn hlc_of(version: &str) -> u64 {
+    let hex = version.split('-').next().unwrap_or_default();
+    u64::from_str_radix(hex, 16).unwrap_or_else(|e| panic!("version {version:?}: {e}"))
+}
+
+/// Issue 11 (1): a node restarted while its region is cut off knows only the addresses of
+/// the other regions' endpoints, not yet what they are: it must not count itself as a
+/// majority of the regions it happens to know. `ack=global` answers 504 there, and the
+/// write is nowhere else; once healed, it is acknowledged again.
+#[test]
+fn a_node_restarted_in_a_cut_off_region_does_not_acknowledge_global_writes() {
+    let mut f = Fleet::builder("ackrestart")
+        .args(["--ack-timeout", "1500ms", "--peer-timeout", "1s"])
+        .time_limit(Duration::from_secs(75))
+        .start();
+    f.wait_all_peers_up(15 * SEC);
+    f.step("cut eu off, then kill -9 eu-0 and start it again");
+    f.isolate("eu");
+    f.kill("eu-0");
+    f.restart("eu-0");
+    f.wait_for("the restarted eu-0 sees eu-1", 10 * SEC, |f| {
+        f.status("eu-0").peers.iter().any(|p| p.node_id == "eu-1" && p.state == PeerState::Up)
+    });
+    for i in 0..2 {
+        let key = format!("cut:{i}");
+        let started = Instant::now();
+        let r = f.put("eu-0", &key, "{\"n\":1}", "?ack=global");
+        assert_eq!(
+            r.status,
+            504,
+            "ack=global on a node that reached no other region answered {} after {:?}: {}",
+            r.status,
+            started.elapsed(),
+            r.text()
+        );
+        assert_eq!(error_code(&r), "ack_timeout", "{}", r.text());
+        for id in ["us-0", "us-1", "ap-0", "ap-1"] {
+            assert!(!f.read(id, &key).present(), "{key} crossed the cut links to {id}");
+        }
+    }
+    f.step("heal: ack=global is met again");
+    f.heal_all();
+    f.wait_for_ok("ack=global after healing", 20 * SEC, |f| {
+        match f.put("eu-0", "cut:healed", "{}", "?ack=global").status {
+            200 | 201 => Ok(()),
+            s => Err(format!("status {s}")),
+        }
+    });
+    for region in ["us", "ap"] {
+        assert!(
+            f.ids_in(region).iter().any(|id| f.read(id, "cut:healed").present()),
+            "ack=global met but no node of {region} has the write"
+        );
+    }
+    f.finish();
+}
+
+/// Issue 11 (1): right after a fleet starts, before links are up, an `ack=global` write is
+/// acknowledged only once a node of every reachable region (and of a majority) has it.
+#[test]
+fn a_global_write_right_after_start_is_in_every_region_when_acknowledged() {
+    let f = Fleet::builder("ackstart")
+        .wan_delay(Duration::from_millis(40))
+        .args(["--ack-timeout", "3s"])
+        .time_limit(Duration::from_secs(60))
+        .start();
+    f.step("ack=global writes from every region at once, without waiting for the links");
+    for (i, id) in ["eu-0", "us-1", "ap-0"].into_iter().enumerate() {
+        let key = format!("early:{i}");
+        let r = f.put(id, &key, "{\"early\":true}", "?ack=global");
+        match r.status {
+            200 | 201 => {
+                let mut regions_with_it = 0;
+                for region in f.regions() {
+                    if f.ids_in(region).iter().any(|n| f.read(n, &key).present()) {
+                        regions_with_it += 1;
+                    }
+                }
+                // Every region was reachable (no fault here): each must have it.
+                assert_eq!(
+                    regions_with_it, 3,
+                    "{key} acknowledged globally by {id} but held by {regions_with_it} of 3 regions"
+                );
+            }
+            504 => eprintln!("{key}: not confirmed in time on {id} (allowed): {}", r.text()),
+            s => panic!("{key} on {id}: {s} {}", r.text()),
+        }
+    }
+    f.finish();
+}
+
+/// Issue 11 (2): with one region's clock 10 s ahead (far beyond `--max-clock-skew`), a
+/// write in the other region replacing its entry still wins everywhere — a local write's
+/// version is above what it replaces — and so does a delete; the skew is reported in
+/// `/v1/status` and the metrics of the nodes that see it.
+#[test]
+fn replicas_converge_when_a_region_clock_is_far_ahead() {
+    let ahead_ms = 10_000;
+    let f = Fleet::builder("skew")
+        .regions(&["eu", "us"])
+        .nodes_per_region(1)
+        .node_env("us-0", geocache_tests::faketime_env(ahead_ms))
+        .time_limit(Duration::from_secs(60))
+        .start();
+    f.wait_all_peers_up(15 * SEC);
+    f.step("us (10 s ahead) writes, then eu replaces the entry");
+    let us = f.put_ok("us-0", "skewed", "{\"by\":\"us\"}", "");
+    let us_version = us["version"].as_str().expect("version").to_string();
+    f.wait_for("eu-0 has us's write", 10 * SEC, |f| f.read("eu-0", "skewed").version() == Some(us_version.as_str()));
+    let r = f.put("eu-0", "skewed", "{\"by\":\"eu\"}", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let eu_version = r.json()["version"].as_str().expect("version").to_string();
+    assert!(
+        hlc_of(&eu_version) > hlc_of(&us_version),
+        "eu's write {eu_version} is below the entry it replaced ({us_version})"
+    );
+    let values = f.wait_values_converged(&strings(&["skewed"]), 10 * SEC);
+    assert_eq!(values[0].as_deref(), Some("{\"by\":\"eu\"}"), "the replicas converged on the replaced value");
+
+    f.step("eu deletes the key: deleted everywhere");
+    assert_eq!(f.delete("eu-0", "skewed"), 204);
+    f.wait_for("the delete reaches us", 10 * SEC, |f| !f.read("us-0", "skewed").present());
+    assert!(!f.read("eu-0", "skewed").present());
+
+    f.step("the skew is reported where it is seen");
+    f.wait_for("eu-0 flags us-0's clock", 10 * SEC, |f| {
+        f.status("eu-0").peers.iter().any(|p| p.region == "us" && p.clock_skewed)
+    });
+    let doc = f.status_json("eu-0");
+    let offset = doc["peers"][0]["clock_offset_ms"].as_i64().expect("clock_offset_ms");
+    assert!(
+        (ahead_ms - 2_000..=ahead_ms + 2_000).contains(&offset),
+        "measured offset {offset} ms, expected about {ahead_ms}"
+    );
+    let metrics = f.node("eu-0").metrics_text();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("geocache_replication_peer_clock_skewed{") && l.ends_with(" 1")),
+        "no geocache_replication_peer_clock_skewed 1 in eu-0's metrics"
+    );
+    f.finish();
+}
+
+/// Issue 11 (3): a node paused past the peer timeout (SIGSTOP, SIGCONT) reads frames that
+/// waited while it was stopped; with synchronised clocks, that is no clock skew — neither
+/// the paused node nor its peers report any.
+#[test]
+fn a_paused_node_with_a_synchronised_clock_reports_no_clock_skew() {
+    let mut f = Fleet::builder("pause").args(["--peer-timeout", "1s"]).time_limit(Duration::from_secs(60)).start();
+    f.wait_all_peers_up(15 * SEC);
+    let skew_reports = |f: &Fleet, id: &str| {
+        f.node(id).metric("geocache_replication_clock_skew_reports_total").expect("skew counter in the metrics")
+    };
+    f.step("SIGSTOP eu-0 for 4 s, past the peer timeout, then SIGCONT");
+    f.pause("eu-0");
+    f.sleep(4 * SEC);
+    f.resume("eu-0");
+    f.wait_all_peers_up(15 * SEC);
+    f.put_ok("eu-0", "after-pause", "{}", "");
+    f.wait_converged(&strings(&["after-pause"]), 10 * SEC);
+    for id in f.ids() {
+        assert_eq!(skew_reports(&f, &id), 0.0, "{id} reported clock skew after eu-0 was paused");
+        assert!(
+            !f.node(&id).log_contents().contains("clock skew with a peer beyond the bound"),
+            "{id} logged clock skew after eu-0 was paused"
+        );
+        assert!(
+            f.status(&id).peers.iter().all(|p| !p.clock_skewed),
+            "{id} flags a peer's clock as skewed after eu-0 was paused"
+        );
+    }
+    f.finish();
+}
