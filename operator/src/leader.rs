@@ -638,7 +638,13 @@ mod tests {
                 Instant::now(),
                 // Every other attempt hangs: each is cut at the attempt timeout, and the next
                 // one still renews in time.
-                || if calls.fetch_add(1, Ordering::Relaxed) % 2 == 0 { hang() } else { lead_after(Duration::ZERO) },
+                || {
+                    if calls.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
+                        hang()
+                    } else {
+                        lead_after(Duration::ZERO)
+                    }
+                },
                 |_| {},
             ),
         )

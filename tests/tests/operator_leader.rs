@@ -96,6 +96,11 @@ impl Operator {
         metric_value(&response.text(), "geocache_operator_leader").map(|v| v == 1.0)
     }
 
+    /// Whether `/readyz` answers 200: it reached the API server.
+    fn is_ready(&self) -> bool {
+        http::request(self.metrics, "GET", "/readyz", &[], b"", Duration::from_secs(2)).is_ok_and(|r| r.status == 200)
+    }
+
     fn reconciles(&self) -> f64 {
         http::request(self.metrics, "GET", "/metrics", &[], b"", Duration::from_secs(2))
             .ok()
@@ -156,11 +161,12 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
     while !check().await {
-        assert!(Instant::now() < deadline, "gave up after {timeout:?} waiting for: {what}");
+        assert!(start.elapsed() < timeout, "gave up after {timeout:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!("ok after {} ms: {what}", start.elapsed().as_millis());
 }
 
 async fn statefulset_replicas(statefulsets: &Api<StatefulSet>, name: &str) -> Option<i32> {
@@ -170,7 +176,9 @@ async fn statefulset_replicas(statefulsets: &Api<StatefulSet>, name: &str) -> Op
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_leader_stops_acting_before_the_standby_takes_over() {
+    let booting = Instant::now();
     let server = ApiServer::start();
+    eprintln!("the API server is ready after {} ms", booting.elapsed().as_millis());
     let started = Instant::now();
     let client = server.client().await;
     let dir = server.work_dir().to_path_buf();
@@ -214,8 +222,8 @@ async fn a_stalled_leader_stops_acting_before_the_standby_takes_over() {
     .await;
 
     let second = Operator::start(&dir, SECOND, &direct);
-    wait_for(&format!("{SECOND} is up and stands by"), Duration::from_secs(60), || async {
-        second.says_leader() == Some(false)
+    wait_for(&format!("{SECOND} reached the API server and stands by"), Duration::from_secs(60), || async {
+        second.is_ready() && second.says_leader() == Some(false)
     })
     .await;
     // A healthy leader keeps the lease: the standby does not take it over.
@@ -294,7 +302,9 @@ async fn a_stalled_leader_stops_acting_before_the_standby_takes_over() {
     assert!(second.reconciles() >= 1.0, "{SECOND} counted no reconcile");
 
     let mut second = second;
+    let stopping = Instant::now();
     let status = second.process.stop();
+    eprintln!("{SECOND} stopped in {} ms", stopping.elapsed().as_millis());
     assert!(status.success(), "{SECOND} did not stop cleanly on SIGTERM: {status}");
     proxy.shutdown();
     drop(first);
