@@ -262,6 +262,32 @@ mod tests {
     }
 
     #[test]
+    fn leader_election_timing_defaults_to_client_go_and_is_checked() {
+        let cli = Cli::try_parse_from(["geocache-operator"]).unwrap();
+        let (lease, deadline, retry) =
+            (cli.lease_duration_seconds, cli.renew_deadline_seconds, cli.retry_period_seconds);
+        assert_eq!((lease, deadline, retry), (15, 10, 2));
+        assert_eq!(
+            Timing::new(Duration::from_secs(lease), Duration::from_secs(deadline), Duration::from_secs(retry)),
+            Ok(Timing::default())
+        );
+        let cli = Cli::try_parse_from([
+            "geocache-operator",
+            "--lease-duration-seconds",
+            "8",
+            "--renew-deadline-seconds",
+            "8",
+        ])
+        .unwrap();
+        let timing = Timing::new(
+            Duration::from_secs(cli.lease_duration_seconds),
+            Duration::from_secs(cli.renew_deadline_seconds),
+            Duration::from_secs(cli.retry_period_seconds),
+        );
+        assert!(timing.is_err(), "a renew deadline equal to the lease duration was accepted");
+    }
+
+    #[test]
     fn crdgen_is_a_subcommand_too() {
         let cli = Cli::try_parse_from(["geocache-operator", "crdgen"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Crdgen)));
