@@ -112,6 +112,8 @@ pub struct Checker<'a> {
     by_key: BTreeMap<&'a str, Vec<&'a Op>>,
     /// Upper bound (ms) of any node's clock, relative to real time.
     max_ahead_ms: u64,
+    /// How many times each check applied (a check that never applies proves nothing).
+    counts: std::cell::RefCell<BTreeMap<&'static str, usize>>,
 }
 
 impl<'a> Checker<'a> {
@@ -121,7 +123,16 @@ impl<'a> Checker<'a> {
             by_key.entry(op.key.as_str()).or_default().push(op);
         }
         let max_ahead_ms = h.max_offset() as u64 + settings.max_skew_ms + UPPER_SLACK_MS;
-        Checker { h, settings, by_key, max_ahead_ms }
+        Checker { h, settings, by_key, max_ahead_ms, counts: Default::default() }
+    }
+
+    fn count(&self, check: &'static str) {
+        *self.counts.borrow_mut().entry(check).or_default() += 1;
+    }
+
+    /// How many times each check applied so far, e.g. `ack-global-probed-regions: 812`.
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        self.counts.borrow().clone()
     }
 
     fn ops_on(&self, key: &str) -> &[&'a Op] {
@@ -242,8 +253,10 @@ impl<'a> Checker<'a> {
             match op.kind {
                 Kind::GetAfter => self.check_read_your_writes(op, &mut v),
                 Kind::Put | Kind::Patch | Kind::Delete | Kind::Expire if op.acknowledged() => {
-                    if op.ack == Ack::Global {
-                        self.check_global_majority(op, &mut v);
+                    match op.ack {
+                        Ack::Global => self.check_global_majority(op, &mut v),
+                        Ack::Region => self.check_region_majority(op, &mut v),
+                        Ack::Local => {}
                     }
                     if op.ack != Ack::Local {
                         self.check_probes(op, &mut v);
@@ -338,6 +351,9 @@ impl<'a> Checker<'a> {
         let state = Self::read_state(op);
         // The node may have looked at the expiry as late as when it answered.
         let clock = self.h.node_clock(&op.node, op.end, op.end_unix);
+        if !matches!(state, State::Error(_)) {
+            self.count("read-your-writes reads answered");
+        }
         if let Err(why) = self.reflects(w, &state, clock, op.end) {
             out.push(Violation {
                 check: "stale-read-your-writes",
@@ -379,6 +395,7 @@ impl<'a> Checker<'a> {
         let regions = self.h.regions();
         let majority = regions.len() / 2 + 1;
         let could = self.possible_confirmers(w);
+        self.count("ack=global acknowledgements checked for a majority");
         if could.len() < majority {
             out.push(Violation {
                 check: "ack-global-without-majority",
@@ -392,66 +409,145 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// Right after an `ack=region|global` acknowledgement, the nodes bound to have
-    /// confirmed it hold it. A region (for `global`) or a mate (for `region`) is bound
-    /// when it and the links to it were up since `settle_ms` before the write until the
-    /// probe: the writer then saw it up and had to wait for it.
-    fn check_probes(&self, w: &Op, out: &mut Vec<Violation>) {
-        let probes: Vec<&Op> =
-            self.ops_on(&w.key).iter().filter(|o| o.kind == Kind::Probe && o.after == Some(w.id)).copied().collect();
-        let Some(last) = probes.iter().map(|p| p.end).max() else { return };
-        let since = w.start.saturating_sub(self.settings.settle_ms);
-        let running = |n: &str| self.h.node_certainly_running(n, since, last);
-        let groups: Vec<Vec<String>> = match w.ack {
-            Ack::Local => return,
-            // Every live mate confirms.
-            Ack::Region => self.h.nodes_in(&w.region).into_iter().filter(|n| *n != w.node).map(|n| vec![n]).collect(),
-            // At least one node of every reachable region.
+    /// The voters of write `w`'s ack level other than the writer's own: for `global`
+    /// the other regions (each a group of nodes), for `region` the mates (each alone).
+    fn other_voters(&self, w: &Op) -> Vec<(String, Vec<String>)> {
+        match w.ack {
+            Ack::Local => Vec::new(),
+            Ack::Region => {
+                self.h.nodes_in(&w.region).into_iter().filter(|n| *n != w.node).map(|n| (n.clone(), vec![n])).collect()
+            }
             Ack::Global => self
                 .h
                 .regions()
                 .into_iter()
                 .filter(|r| *r != w.region)
-                .filter(|r| {
-                    self.h.link_certainly_up(&w.region, r, since, last)
-                        && self.h.link_certainly_up(r, &w.region, since, last)
-                })
-                .map(|r| self.h.nodes_in(&r))
+                .map(|r| (r.clone(), self.h.nodes_in(&r)))
                 .collect(),
-        };
-        for group in groups {
-            // Bound only when every node of the group ran throughout: else the one that
-            // confirmed may have been restarted or paused since.
-            if group.is_empty() || !group.iter().all(|n| running(n)) {
-                continue;
-            }
-            let answers: Vec<&Op> = probes.iter().filter(|p| group.contains(&p.node)).copied().collect();
-            if answers.len() < group.len() {
-                continue;
-            }
-            let mut why = Vec::new();
-            let held = answers.iter().any(|p| {
-                let state = Self::read_state(p);
-                if matches!(state, State::Error(_)) {
-                    return true;
-                }
-                let clock = self.h.node_clock(&p.node, p.end, p.end_unix);
-                match self.reflects(w, &state, clock, p.end) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        why.push(format!("{}: {e}", p.node));
-                        false
-                    }
-                }
+        }
+    }
+
+    /// How many voters, the writer's own included, make a majority.
+    fn majority(&self, w: &Op) -> usize {
+        (self.other_voters(w).len() + 1) / 2 + 1
+    }
+
+    /// `ack=region` needs a majority of the region's nodes: acknowledged while fewer
+    /// mates could have confirmed (none of them ran during the request) is a lie.
+    fn check_region_majority(&self, w: &Op, out: &mut Vec<Violation>) {
+        let majority = self.majority(w);
+        let could: Vec<String> = self
+            .other_voters(w)
+            .into_iter()
+            .filter(|(_, nodes)| nodes.iter().any(|n| self.h.node_possibly_running(n, w.start, w.end)))
+            .map(|(name, _)| name)
+            .collect();
+        self.count("ack=region acknowledgements checked for a majority");
+        if could.len() + 1 < majority {
+            out.push(Violation {
+                check: "ack-region-without-majority",
+                key: Some(w.key.clone()),
+                ops: vec![w.id],
+                message: format!(
+                    "{w}: acknowledged while only {could:?} of its mates could have confirmed it (the others were paused or down during the whole request); a majority of the region is {majority}"
+                ),
             });
-            if !held {
+        }
+    }
+
+    /// Right after an `ack=region|global` acknowledgement, the voters that confirmed
+    /// it hold it. Two rules, each checked only where the harness can tell:
+    /// - *majority*: a majority of the voters, the writer's included, confirmed it; so
+    ///   when every node of every other voter ran from the write until the probe and
+    ///   answered it, at least `majority - 1` of them hold it;
+    /// - *every reachable voter*: a voter that, with the links both ways, was up since
+    ///   `settle_ms` before the write until the probe was reachable and confirmed it:
+    ///   one of its nodes holds it (checked when all its nodes ran throughout).
+    fn check_probes(&self, w: &Op, out: &mut Vec<Violation>) {
+        let probes: Vec<&Op> =
+            self.ops_on(&w.key).iter().filter(|o| o.kind == Kind::Probe && o.after == Some(w.id)).copied().collect();
+        let Some(last) = probes.iter().map(|p| p.end).max() else { return };
+        let level = if w.ack == Ack::Global { "global" } else { "region" };
+        // Whether a probe of `node` shows the write; None: no usable answer.
+        let mut why = Vec::new();
+        let mut holds = |node: &str| -> Option<bool> {
+            let p = probes.iter().find(|p| p.node == node)?;
+            let state = Self::read_state(p);
+            if matches!(state, State::Error(_)) {
+                return None;
+            }
+            let clock = self.h.node_clock(&p.node, p.end, p.end_unix);
+            match self.reflects(w, &state, clock, p.end) {
+                Ok(()) => Some(true),
+                Err(e) => {
+                    why.push(format!("{}: {e}", p.node));
+                    Some(false)
+                }
+            }
+        };
+        let voters = self.other_voters(w);
+        let mut held: BTreeMap<String, Option<bool>> = BTreeMap::new();
+        for (name, nodes) in &voters {
+            let answers: Vec<Option<bool>> = nodes.iter().map(|n| holds(n)).collect();
+            let v = if answers.contains(&Some(true)) {
+                Some(true)
+            } else if answers.iter().all(|a| *a == Some(false)) {
+                Some(false)
+            } else {
+                None
+            };
+            held.insert(name.clone(), v);
+        }
+        let running =
+            |nodes: &[String], since: u64| nodes.iter().all(|n| self.h.node_certainly_running(n, since, last));
+
+        // Majority.
+        let majority = self.majority(w);
+        let all_ran = voters.iter().all(|(_, nodes)| running(nodes, w.start));
+        if all_ran && held.values().all(Option::is_some) {
+            self.count(if w.ack == Ack::Global {
+                "ack=global acknowledgements probed for a majority"
+            } else {
+                "ack=region acknowledgements probed for a majority"
+            });
+            let holding = held.values().filter(|v| **v == Some(true)).count();
+            if holding + 1 < majority {
+                out.push(Violation {
+                    check: if w.ack == Ack::Global { "ack-global-majority-not-held" } else { "ack-region-majority-not-held" },
+                    key: Some(w.key.clone()),
+                    ops: std::iter::once(w.id).chain(probes.iter().map(|p| p.id)).collect(),
+                    message: format!(
+                        "{w}: acknowledged, but right after it only {holding} other {} held it, with every node running since the write; a majority is {majority} of {}: {}",
+                        if w.ack == Ack::Global { "region(s)" } else { "node(s) of the region" },
+                        voters.len() + 1,
+                        why.join("; ")
+                    ),
+                });
+                return;
+            }
+        }
+
+        // Every reachable voter.
+        let since = w.start.saturating_sub(self.settings.settle_ms);
+        for (name, nodes) in &voters {
+            let linked = w.ack == Ack::Region
+                || (self.h.link_certainly_up(&w.region, name, since, last)
+                    && self.h.link_certainly_up(name, &w.region, since, last));
+            if !linked || !running(nodes, since) || held.get(name).copied().flatten().is_none() {
+                continue;
+            }
+            self.count(if w.ack == Ack::Global {
+                "ack=global reachable regions probed"
+            } else {
+                "ack=region reachable mates probed"
+            });
+            if held.get(name).copied().flatten() == Some(false) {
                 out.push(Violation {
                     check: if w.ack == Ack::Global { "ack-global-not-confirmed" } else { "ack-region-not-confirmed" },
                     key: Some(w.key.clone()),
-                    ops: std::iter::once(w.id).chain(answers.iter().map(|p| p.id)).collect(),
+                    ops: std::iter::once(w.id).chain(probes.iter().map(|p| p.id)).collect(),
                     message: format!(
-                        "{w}: acknowledged, but right after it {} (up, and linked to the writer, since {since} ms) did not hold it: {}",
-                        group.join(" and "),
+                        "{w}: acknowledged at ack={level}, but right after it {name} (up, and linked to the writer, since {since} ms) did not hold it: {}",
                         why.join("; ")
                     ),
                 });
@@ -497,6 +593,7 @@ impl<'a> Checker<'a> {
                 if self.may_be_lost(w) {
                     continue;
                 }
+                self.count("acknowledged writes checked against a final state");
                 if let Err(why) = self.reflects(w, &obs.state, end_clock, u64::MAX) {
                     let check = if w.kind == Kind::Delete { "deleted-came-back" } else { "lost-write" };
                     out.push(Violation {
@@ -749,6 +846,44 @@ mod tests {
         // us was cut off shortly before the write: the writer may not have waited for it.
         h.faults.push(FaultEvent { at: 4000, end: 4001, fault: Fault::Cut { from: "eu".into(), to: "us".into() } });
         h.faults.push(FaultEvent { at: 4500, end: 4501, fault: Fault::Heal { from: "eu".into(), to: "us".into() } });
+        assert!(Checker::new(&h, SETTINGS).check_ops().is_empty());
+    }
+
+    #[test]
+    fn ack_region_while_the_mate_was_paused_is_caught() {
+        let mut h = history();
+        h.faults.push(FaultEvent { at: 500, end: 501, fault: Fault::Pause { node: "eu-1".into() } });
+        let mut w = op(1, "eu-0", Kind::Put, 1000, 1010, written(v(T0 + 1000, "eu-0"), None));
+        w.ack = Ack::Region;
+        h.ops.push(w);
+        assert_eq!(checks(&Checker::new(&h, SETTINGS).check_ops()), ["ack-region-without-majority"]);
+        h.faults.push(FaultEvent { at: 1005, end: 1006, fault: Fault::Resume { node: "eu-1".into() } });
+        assert!(Checker::new(&h, SETTINGS).check_ops().is_empty(), "resumed during the request");
+    }
+
+    #[test]
+    fn a_global_write_no_other_region_holds_right_after_is_caught_without_settling() {
+        let mut h = history();
+        // A partition that healed just before the write: no region is bound as
+        // reachable, but a majority must still hold the write.
+        h.faults.push(FaultEvent { at: 900, end: 901, fault: Fault::Cut { from: "eu".into(), to: "us".into() } });
+        h.faults.push(FaultEvent { at: 950, end: 951, fault: Fault::Heal { from: "eu".into(), to: "us".into() } });
+        let mut w = op(1, "eu-0", Kind::Put, 1000, 1004, written(v(T0 + 1000, "eu-0"), None));
+        w.ack = Ack::Global;
+        h.ops.push(w);
+        for (i, n) in ["us-0", "us-1", "ap-0", "ap-1"].iter().enumerate() {
+            let mut p = op(10 + i, n, Kind::Probe, 1005, 1010, read(None, ""));
+            p.after = Some(1);
+            h.ops.push(p);
+        }
+        let found = Checker::new(&h, SETTINGS).check_ops();
+        assert_eq!(checks(&found), ["ack-global-majority-not-held"], "{found:?}");
+        // ap-1 was restarted meanwhile: it may have been the one that confirmed.
+        h.faults.push(FaultEvent {
+            at: 1004,
+            end: 1005,
+            fault: Fault::Kill { node: "ap-1".into(), persistent: false },
+        });
         assert!(Checker::new(&h, SETTINGS).check_ops().is_empty());
     }
 

@@ -114,6 +114,8 @@ pub struct Report {
     pub violations: Vec<Violation>,
     /// How long convergence took after healing (None: it did not happen).
     pub converged_in: Option<Duration>,
+    /// How many times each check applied.
+    pub check_counts: BTreeMap<&'static str, usize>,
     pub history_file: Option<std::path::PathBuf>,
 }
 
@@ -152,6 +154,9 @@ impl Report {
             let _ = writeln!(s, "  {n:6}  {k}");
         }
         let _ = writeln!(s, "  faults: {faults:?}");
+        for (check, n) in &self.check_counts {
+            let _ = writeln!(s, "  checked: {n:6}  {check}");
+        }
         s
     }
 
@@ -361,6 +366,7 @@ pub fn run(config: Config) -> Report {
     let mut violations = Vec::new();
     let mut observed: Vec<Observed>;
     let mut converged_in = None;
+    let check_counts;
     {
         let checker = Checker::new(&history, settings);
         let deadline = healed_at + config.converge_timeout;
@@ -412,10 +418,11 @@ pub fn run(config: Config) -> Report {
         }
         violations.extend(checker.check_final(&observed));
         violations.extend(checker.check_ops());
+        check_counts = checker.counts();
     }
     fleet.step(&format!("checked: {} violation(s)", violations.len()));
     fleet.finish();
-    let mut report = Report { config, history, observed, violations, converged_in, history_file: None };
+    let mut report = Report { config, history, observed, violations, converged_in, check_counts, history_file: None };
     report.write_history();
     report
 }

@@ -28,12 +28,20 @@ pub enum FaultKind {
     Pause,
     /// Change the WAN delay for a while.
     Delay,
+    /// Isolate a region and, while it is cut off, `kill -9` one of its nodes and start
+    /// it again (a node that comes back to find no other region).
+    IsolateAndRestart,
+    /// SIGSTOP a node and, while it is paused, `kill -9` its region mate and start it
+    /// again (a node that comes back to find its mate silent).
+    PauseMateAndRestart,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::Partition,
         FaultKind::Isolate,
+        FaultKind::IsolateAndRestart,
+        FaultKind::PauseMateAndRestart,
         FaultKind::OneWay,
         FaultKind::Kill,
         FaultKind::Pause,
@@ -185,6 +193,33 @@ impl Nemesis {
         }
     }
 
+    /// Marks `node` busy (and down for the clients).
+    fn claim(&mut self, shared: &Shared, node: &str) {
+        self.busy_nodes.insert(node.to_string());
+        if let Ok(mut d) = shared.down.lock() {
+            d.insert(node.to_string());
+        }
+    }
+
+    /// `kill -9`, a short while down, start again (keeping its clock offset).
+    fn kill_and_restart(&mut self, f: &mut Fleet, shared: &Shared, node: &str) {
+        self.claim(shared, node);
+        let at = shared.now();
+        let persistent = f.node(node).data_dir().is_some();
+        f.kill(node);
+        self.record(f, shared, at, Fault::Kill { node: node.to_string(), persistent });
+        std::thread::sleep(Duration::from_millis(self.rng.range(100, 800)));
+        let offset = self.offsets.get(node).copied().unwrap_or(0);
+        let at = shared.now();
+        f.restart(node);
+        self.record(f, shared, at, Fault::Start { node: node.to_string(), offset_ms: offset });
+        self.release(shared, node);
+    }
+
+    fn free_nodes(&self, f: &Fleet) -> Vec<String> {
+        f.ids().into_iter().filter(|n| !self.busy_nodes.contains(n)).collect()
+    }
+
     fn release(&mut self, shared: &Shared, node: &str) {
         self.busy_nodes.remove(node);
         if let Ok(mut d) = shared.down.lock() {
@@ -236,6 +271,40 @@ impl Nemesis {
                     .collect();
                 self.cut(f, shared, &links);
                 Undo::Links(links)
+            }
+            FaultKind::IsolateAndRestart => {
+                let r = self.rng.pick(&regions).clone();
+                let free: Vec<String> = self.free_nodes(f).into_iter().filter(|n| f.node(n).region() == r).collect();
+                if free.is_empty() {
+                    return;
+                }
+                let links: Vec<(String, String)> = regions
+                    .iter()
+                    .filter(|o| **o != r)
+                    .flat_map(|o| [(r.clone(), o.clone()), (o.clone(), r.clone())])
+                    .collect();
+                self.cut(f, shared, &links);
+                let node = self.rng.pick(&free).clone();
+                self.kill_and_restart(f, shared, &node);
+                Undo::Links(links)
+            }
+            FaultKind::PauseMateAndRestart => {
+                let free = self.free_nodes(f);
+                let pairs: Vec<(String, String)> = free
+                    .iter()
+                    .flat_map(|a| free.iter().map(move |b| (a.clone(), b.clone())))
+                    .filter(|(a, b)| a != b && f.node(a).region() == f.node(b).region())
+                    .collect();
+                if pairs.is_empty() {
+                    return;
+                }
+                let (paused, restarted) = self.rng.pick(&pairs).clone();
+                self.claim(shared, &paused);
+                let at = shared.now();
+                f.pause(&paused);
+                self.record(f, shared, at, Fault::Pause { node: paused.clone() });
+                self.kill_and_restart(f, shared, &restarted);
+                Undo::Resume(paused)
             }
             FaultKind::Kill | FaultKind::Pause => {
                 let free: Vec<String> = f.ids().into_iter().filter(|n| !self.busy_nodes.contains(n)).collect();
