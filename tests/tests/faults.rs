@@ -19,12 +19,18 @@
 //! heartbeats), about 50 s each. Clock offsets need libfaketime (Debian's `faketime`
 //! package); the runs that use it fail at once, saying so, when it is missing.
 //!
-//! A long run by hand (release build recommended):
+//! A long run by hand (a release build runs more operations; `cargo test -p
+//! geocache-tests` alone does not build the node, hence the first command):
 //!
 //! ```sh
+//! cargo build --release -p geocache-node
 //! GEOCACHE_FAULTS_SECONDS=600 GEOCACHE_FAULTS_SEED=42 GEOCACHE_FAULTS_CLOCKS=us=+10000,ap=-300 \
 //!   cargo test --release -p geocache-tests --test faults -- --ignored long_run --nocapture
 //! ```
+//!
+//! The checks that depend on the nodes' failure detector (a region "reachable" from
+//! the writer) skip the writes during which a harness thread overslept by more than
+//! 500 ms (a starved machine delays heartbeats too); the timeline shows such stalls.
 //!
 //! Environment (all optional; they apply to the CI runs too, e.g. to replay one with
 //! another seed or make it longer):

@@ -533,7 +533,10 @@ impl<'a> Checker<'a> {
             let linked = w.ack == Ack::Region
                 || (self.h.link_certainly_up(&w.region, name, since, last)
                     && self.h.link_certainly_up(name, &w.region, since, last));
-            if !linked || !running(nodes, since) || held.get(name).copied().flatten().is_none() {
+            // Whether the writer saw the voter up depends on heartbeats arriving within
+            // the peer timeout: not bound when the machine stalled meanwhile.
+            let stalled = self.h.stalled(since, last);
+            if !linked || stalled || !running(nodes, since) || held.get(name).copied().flatten().is_none() {
                 continue;
             }
             self.count(if w.ack == Ack::Global {

@@ -31,6 +31,8 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// Stop once this many operations were sent.
     pub max_ops: usize,
+    /// Intervals when the machine was starved (see [`Shared::watch_stalls`]).
+    pub stalls: Mutex<Vec<(u64, u64)>>,
 }
 
 impl Shared {
@@ -43,6 +45,23 @@ impl Shared {
             down: Mutex::new(BTreeSet::new()),
             stop: AtomicBool::new(false),
             max_ops,
+            stalls: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Until `stop`: sleeps 50 ms at a time and records every wake-up later than
+    /// 500 ms as a stall (the machine was starved; nodes' heartbeats may be late too).
+    pub fn watch_stalls(&self) {
+        let mut last = self.now();
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = self.now();
+            if now - last > 500
+                && let Ok(mut s) = self.stalls.lock()
+            {
+                s.push((last, now));
+            }
+            last = now;
         }
     }
 

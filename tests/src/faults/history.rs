@@ -331,6 +331,9 @@ pub struct History {
     pub start_unix: u64,
     pub ops: Vec<Op>,
     pub faults: Vec<FaultEvent>,
+    /// Run-time intervals (ms) during which a harness thread that should wake every
+    /// 50 ms did not: the machine was starved, and node heartbeats may have been late.
+    pub stalls: Vec<(u64, u64)>,
 }
 
 /// How much later than a cut (after the call returned) bytes may still pass, and
@@ -459,9 +462,22 @@ impl History {
             .any(|e| matches!(&e.fault, Fault::Kill { node: n, persistent: false } if n == node) && e.end >= t)
     }
 
+    /// Whether a stall of the machine overlaps `[a, b]`.
+    pub fn stalled(&self, a: u64, b: u64) -> bool {
+        self.stalls.iter().any(|(x, y)| *x <= b && a <= *y)
+    }
+
     /// The faults as a timeline, one line each.
     pub fn fault_timeline(&self) -> String {
-        self.faults.iter().map(|e| format!("  +{}..{}ms {}\n", e.at, e.end, e.fault)).collect()
+        let mut lines: Vec<(u64, String)> =
+            self.faults.iter().map(|e| (e.at, format!("  +{}..{}ms {}\n", e.at, e.end, e.fault))).collect();
+        lines.extend(
+            self.stalls
+                .iter()
+                .map(|(a, b)| (*a, format!("  +{a}..{b}ms (machine stalled: a harness thread overslept)\n"))),
+        );
+        lines.sort_by_key(|(at, _)| *at);
+        lines.into_iter().map(|(_, l)| l).collect()
     }
 }
 

@@ -154,6 +154,9 @@ impl Report {
             let _ = writeln!(s, "  {n:6}  {k}");
         }
         let _ = writeln!(s, "  faults: {faults:?}");
+        if !self.history.stalls.is_empty() {
+            let _ = writeln!(s, "  machine stalls (a harness thread overslept by > 500 ms): {:?}", self.history.stalls);
+        }
         for (check, n) in &self.check_counts {
             let _ = writeln!(s, "  checked: {n:6}  {check}");
         }
@@ -344,12 +347,17 @@ pub fn run(config: Config) -> Report {
             }
         })
     };
+    let stall_watcher = {
+        let shared = shared.clone();
+        std::thread::spawn(move || shared.watch_stalls())
+    };
     nemesis.run(&mut fleet, &shared, until);
     shared.stop.store(true, Ordering::Relaxed);
     for c in clients {
         let _ = c.join();
     }
     let _ = watcher.join();
+    let _ = stall_watcher.join();
 
     fleet.step("healing: every fault undone");
     nemesis.undo_all(&mut fleet, &shared);
@@ -357,6 +365,7 @@ pub fn run(config: Config) -> Report {
     history.faults = std::mem::take(&mut nemesis.events);
     history.ops = shared.ops.lock().map(|mut o| std::mem::take(&mut *o)).unwrap_or_default();
     history.ops.sort_by_key(|o| o.id);
+    history.stalls = shared.stalls.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
 
     let keys: Vec<String> = (0..config.keys).map(|i| format!("k{i:02}")).collect();
     let settings = CheckSettings {
