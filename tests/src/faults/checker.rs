@@ -429,7 +429,8 @@ impl<'a> Checker<'a> {
 
     /// How many voters, the writer's own included, make a majority.
     fn majority(&self, w: &Op) -> usize {
-        (self.other_voters(w).len() + 1) / 2 + 1
+        let voters = self.other_voters(w).len() + 1;
+        voters / 2 + 1
     }
 
     /// `ack=region` needs a majority of the region's nodes: acknowledged while fewer
