@@ -117,6 +117,8 @@ pub struct Report {
     /// How many times each check applied.
     pub check_counts: BTreeMap<&'static str, usize>,
     pub history_file: Option<std::path::PathBuf>,
+    /// The nodes' logs, kept when a check failed.
+    pub logs: Vec<std::path::PathBuf>,
 }
 
 impl Report {
@@ -199,6 +201,9 @@ impl Report {
         }
         if let Some(p) = &self.history_file {
             let _ = writeln!(s, "\nthe whole history: {}", p.display());
+        }
+        for p in &self.logs {
+            let _ = writeln!(s, "node log: {}", p.display());
         }
         s
     }
@@ -430,10 +435,36 @@ pub fn run(config: Config) -> Report {
         check_counts = checker.counts();
     }
     fleet.step(&format!("checked: {} violation(s)", violations.len()));
+    let logs = if violations.is_empty() { Vec::new() } else { save_logs(&fleet, &config) };
     fleet.finish();
-    let mut report = Report { config, history, observed, violations, converged_in, check_counts, history_file: None };
+    let mut report =
+        Report { config, history, observed, violations, converged_in, check_counts, history_file: None, logs };
     report.write_history();
     report
+}
+
+/// Copies every node's log (all its starts) next to the history file.
+fn save_logs(fleet: &Fleet, config: &Config) -> Vec<std::path::PathBuf> {
+    let dir = output_dir();
+    fleet
+        .nodes()
+        .iter()
+        .filter_map(|n| {
+            let path = dir.join(format!(
+                "geocache-faults-{}-seed{}-{}-{}.log",
+                config.name,
+                config.seed,
+                std::process::id(),
+                n.node_id()
+            ));
+            std::fs::write(&path, n.log_contents()).ok().map(|_| path)
+        })
+        .collect()
+}
+
+/// Where history files and logs go: `$GEOCACHE_FAULTS_DIR`, else the temporary directory.
+fn output_dir() -> std::path::PathBuf {
+    std::env::var_os("GEOCACHE_FAULTS_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir)
 }
 
 /// Reads every key on every node.
