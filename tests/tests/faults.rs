@@ -40,11 +40,13 @@
 //! - `GEOCACHE_FAULTS_KEYS`: number of keys (default 24);
 //! - `GEOCACHE_FAULTS_CLOCKS`: long run only, clock offsets per region in ms,
 //!   e.g. `us=+10000,ap=-300`; `GEOCACHE_FAULTS_JUMPS`: offsets a restarted node
-//!   may come back with, e.g. `0,+3000,-2000`.
+//!   may come back with, e.g. `0,+3000,-2000`; `GEOCACHE_FAULTS_KINDS`: the faults to
+//!   draw from, e.g. `PauseMateAndRestart,Partition` (names of `FaultKind`).
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use geocache_tests::faults::nemesis::FaultKind;
 use geocache_tests::faults::{self, Config};
 
 /// One fleet at a time.
@@ -124,13 +126,7 @@ fn faults_seed_3_clocks_within_the_skew_bound() {
 fn faults_seed_4_clock_steps_across_restarts() {
     let mut c = ci("faults-4", 4);
     c.restart_offsets = vec![0, 3_000, -2_000];
-    c.faults = vec![
-        faults::nemesis::FaultKind::Kill,
-        faults::nemesis::FaultKind::Kill,
-        faults::nemesis::FaultKind::Pause,
-        faults::nemesis::FaultKind::Partition,
-        faults::nemesis::FaultKind::OneWay,
-    ];
+    c.faults = vec![FaultKind::Kill, FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::OneWay];
     run(c);
 }
 
@@ -149,6 +145,18 @@ fn long_run() {
     }
     if let Ok(raw) = std::env::var("GEOCACHE_FAULTS_JUMPS") {
         c.restart_offsets = offsets(&raw);
+    }
+    if let Ok(raw) = std::env::var("GEOCACHE_FAULTS_KINDS") {
+        c.faults = raw
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|name| {
+                FaultKind::ALL
+                    .into_iter()
+                    .find(|k| format!("{k:?}").eq_ignore_ascii_case(name.trim()))
+                    .unwrap_or_else(|| panic!("{name:?} is not one of {:?}", FaultKind::ALL))
+            })
+            .collect();
     }
     let mut c = with_env(c);
     c.seed = seed;
