@@ -316,7 +316,7 @@ async fn send_snapshot(
     for shard in 0..store.shard_count() {
         let mut buf = Vec::new();
         let now = clock::now_ms();
-        store.scan_shard(shard, now, |rec| {
+        store.scan_shard_for_resync(shard, now, |rec| {
             let origin = if rec.version.origin == OriginId::LOCAL {
                 local.clone()
             } else {

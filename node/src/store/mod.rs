@@ -600,7 +600,19 @@ impl Store {
     ///
     /// An expired entry is given as a tombstone of the same version: absent, but still
     /// able to stop an older write from coming back.
-    pub fn scan_shard(&self, shard: usize, now_ms: u64, mut f: impl FnMut(RecordRef<'_>)) {
+    pub fn scan_shard(&self, shard: usize, now_ms: u64, f: impl FnMut(RecordRef<'_>)) {
+        self.scan(shard, now_ms, true, f)
+    }
+
+    /// Like [`Store::scan_shard`], but an entry expired by our clock keeps its value and
+    /// expiry: for a full resync, whose receiver judges the expiry by its own clock. Given
+    /// as a tombstone, an entry that a receiver with a slower clock still holds live would
+    /// be hidden there by a tombstone of the same version until it expired there too.
+    pub fn scan_shard_for_resync(&self, shard: usize, now_ms: u64, f: impl FnMut(RecordRef<'_>)) {
+        self.scan(shard, now_ms, false, f)
+    }
+
+    fn scan(&self, shard: usize, now_ms: u64, expired_as_tombstones: bool, mut f: impl FnMut(RecordRef<'_>)) {
         let retention = self.tombstone_retention_ms();
         let s = self.shards[shard].lock();
         for slot in &s.slots {
@@ -609,7 +621,7 @@ impl Store {
                 continue;
             }
             let record = slot.record();
-            f(if absent { RecordRef { value: None, ..record } } else { record });
+            f(if absent && expired_as_tombstones { RecordRef { value: None, ..record } } else { record });
         }
     }
 

@@ -258,6 +258,29 @@ fn a_swept_expired_entry_still_stops_an_older_write_from_coming_back() {
 }
 
 #[test]
+fn a_resync_gives_an_entry_expired_by_our_clock_as_it_is_and_the_receiver_judges_by_its_own() {
+    let s = store();
+    let entry = Record { expires_at: Some(NOW + 10), ..record("k", Some("1"), clock::pack(NOW, 5), OriginId::LOCAL) };
+    s.apply(entry.as_ref(), NOW);
+    let mut seen = Vec::new();
+    // Our clock is ahead: the entry expired here.
+    for i in 0..s.shard_count() {
+        s.scan_shard_for_resync(i, NOW + 20, |r| seen.push(r.to_owned()));
+    }
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].value.as_ref().map(|v| v.as_ref().bytes.to_vec()), Some(b"1".to_vec()));
+    assert_eq!(seen[0].expires_at, Some(NOW + 10));
+    // A receiver whose clock has not reached the expiry serves it...
+    let slower = store();
+    slower.apply(seen[0].as_ref(), NOW);
+    assert!(slower.get("k", NOW).is_some(), "a live entry was hidden by the sender's clock");
+    // ...and one whose clock has keeps it absent.
+    let faster = store();
+    faster.apply(seen[0].as_ref(), NOW + 20);
+    assert!(faster.get("k", NOW + 20).is_none());
+}
+
+#[test]
 fn snapshots_give_expired_entries_as_tombstones_of_the_same_version() {
     let s = store();
     s.apply(
