@@ -30,9 +30,9 @@ source "$here/lib.sh"
 
 ENGINE="${ENGINE:-auto}"
 KEEP="${KEEP:-0}"
-# Hard bounds, in seconds: the preparation (cold: Go builds, debootstrap) and the scenario.
-PREPARE_TIMEOUT="${PREPARE_TIMEOUT:-3000}"
-SCENARIO_TIMEOUT="${SCENARIO_TIMEOUT:-2400}"
+# ENGINE=local: a hard bound, in seconds, on everything (cold: Go builds, debootstrap, the
+# release build, the scenario); each part gets what is left. Clean-up comes after it.
+KIND_TIMEOUT="${KIND_TIMEOUT:-3600}"
 
 # ===============================================================================================
 # ENGINE=local: the outer part, in the machine's namespace. It prepares, starts the engine,
@@ -59,7 +59,7 @@ net_state() {
 kernel_tunables=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 
 # The EXIT trap of ENGINE=local: stop the engine, put the tunables back, compare the network.
-state="" engine_started=0 tunables_saved=0
+state="" engine_started=0 tunables_saved=0 kind_deadline=0
 local_cleanup() {
   local rc=$?
   set +e
@@ -102,7 +102,16 @@ local_cleanup() {
   exit "$rc"
 }
 
+# left: the seconds left of KIND_TIMEOUT (fails when none are).
+left() {
+  local n=$((kind_deadline - SECONDS))
+  [ "$n" -gt 0 ] || die "KIND_TIMEOUT (${KIND_TIMEOUT}s) is used up"
+  echo "$n"
+}
+
 run_local() {
+  case "$KIND_TIMEOUT" in '' | *[!0-9]*) die "KIND_TIMEOUT must be a number of seconds" ;; esac
+  kind_deadline=$((SECONDS + KIND_TIMEOUT))
   [ "$(id -u)" -eq 0 ] || die "ENGINE=local needs root (network namespace, dockerd); or run with Docker (ENGINE=docker)"
   command -v cargo >/dev/null 2>&1 || die "ENGINE=local builds the binaries with cargo, which is missing"
   state="$(mktemp -d "${TMPDIR:-/tmp}/geocache-kind-local.XXXXXX")"
@@ -125,8 +134,8 @@ run_local() {
   engine_started=1
   "$here/engine.sh" up
 
-  step "preparing the kind node image and the other images, offline (prepare.sh; cached, up to ${PREPARE_TIMEOUT}s)"
-  timeout -k 60 "$PREPARE_TIMEOUT" "$here/prepare.sh" | tee "$state/prepare.log"
+  step "preparing the kind node image and the other images, offline (prepare.sh; cached, up to $(left)s)"
+  timeout -k 60 "$(left)" "$here/prepare.sh" | tee "$state/prepare.log"
   local images
   images="$(tail -n 1 "$state/prepare.log")"
   case "$images" in
@@ -140,8 +149,8 @@ run_local() {
 
   step "building the node and operator binaries on the host (release, static glibc: the Dockerfiles' prebuilt path)"
   local target=x86_64-unknown-linux-gnu
-  (cd "$repo" && RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$target" \
-    -p geocache-node --bin geocache-node -p geocache-operator --bin geocache-operator)
+  (cd "$repo" && RUSTFLAGS='-C target-feature=+crt-static' timeout -k 30 "$(left)" cargo build --release --locked \
+    --target "$target" -p geocache-node --bin geocache-node -p geocache-operator --bin geocache-operator)
   file "$repo/target/$target/release/geocache-node" 2>/dev/null || ls -l "$repo/target/$target/release/geocache-node"
 
   # The tools of the scenario, first on its PATH: Debian's docker client (the engine's own
@@ -156,8 +165,8 @@ run_local() {
     if command -v helm >/dev/null 2>&1; then helm="$(command -v helm)"; else helm="$("$repo/tests/helm.sh")"; fi
   fi
 
-  step "the scenario, inside netns $ENGINE_NETNS (up to ${SCENARIO_TIMEOUT}s)"
-  timeout -k 120 "$SCENARIO_TIMEOUT" "$here/engine.sh" exec env \
+  step "the scenario, inside netns $ENGINE_NETNS (up to $(left)s)"
+  timeout -k 120 "$(left)" "$here/engine.sh" exec env \
     GEOCACHE_KIND_INSIDE=1 kind_t0=0 PATH="$state/bin:$PATH" \
     BINARY=prebuilt KIND_NODE_IMAGE="$kind_node_image" CURL_IMAGE="$curl_image" HELM="$helm" \
     "$here/run.sh"
