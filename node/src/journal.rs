@@ -24,6 +24,10 @@ pub struct JournalState {
     pub backlog: Backlog,
     /// Sequence number of the last local write.
     pub local_seq: u64,
+    /// Full snapshots applied so far. A snapshot raises positions for records that are
+    /// not in the backlog, which links to other peers must then catch up on (see
+    /// `replication::link`).
+    pub snapshots_applied: u64,
     /// Where records are encoded for the backlog: one allocation shared by many
     /// records instead of one each.
     arena: BytesMut,
@@ -72,6 +76,7 @@ impl Journal {
                 positions,
                 backlog: Backlog::new(backlog_bytes.unwrap_or(0)),
                 local_seq: 0,
+                snapshots_applied: 0,
                 arena: BytesMut::new(),
             }),
             persist,
@@ -187,6 +192,7 @@ impl Journal {
     pub fn finish_snapshot(&self, reached: &Positions) -> Option<Lsn> {
         let mut st = self.state.lock();
         st.positions.merge_max(reached);
+        st.snapshots_applied += 1;
         let lsn = self.persist.as_ref().map(|p| p.append_marker(reached));
         drop(st);
         self.new_records.notify_waiters();

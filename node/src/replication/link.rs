@@ -211,9 +211,9 @@ async fn push(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gossip_every = 0u32;
     // Where to resume: the backlog when it reaches back far enough, else a snapshot.
-    let mut need_snapshot = {
+    let (mut need_snapshot, mut snapshots_seen) = {
         let st = journal.lock();
-        !st.backlog.reaches_back(&st.positions, &sent)
+        (!st.backlog.reaches_back(&st.positions, &sent), st.snapshots_applied)
     };
     loop {
         let mut from = if std::mem::take(&mut need_snapshot) {
@@ -235,6 +235,25 @@ async fn push(
             let notified = journal.new_records().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // A snapshot this node received raised its positions for records that are not
+            // in its backlog: a peer lacking them gets them only from a snapshot of ours
+            // (nothing else relays them to it, when the node that wrote them does not link
+            // to it directly).
+            if journal.lock().snapshots_applied != snapshots_seen {
+                if let Some(p) = repl.table.lock().get(addr) {
+                    sent.merge_max(&p.acked);
+                }
+                let st = journal.lock();
+                snapshots_seen = st.snapshots_applied;
+                need_snapshot = !st.backlog.reaches_back(&st.positions, &sent);
+            }
+            if need_snapshot {
+                tracing::info!(
+                    peer = %peer_node,
+                    "this node received records by a full snapshot that the peer lacks; sending it a full snapshot"
+                );
+                break;
+            }
             let read = journal.lock().backlog.read(from, CHUNK_BYTES);
             let (entries, next) = match read {
                 Read::Entries(entries, next) => (entries, next),
