@@ -4,7 +4,8 @@
 # v1.37.2 built with Go into ~/.cache/geocache), then runs the workspace's tests, lints the
 # chart and the shell scripts, and runs the end-to-end tier against real control planes.
 # Usage: tests/run.sh            (from anywhere in the repository; as root for the e2e tier)
-# GEOCACHE_SKIP_E2E=1 skips the end-to-end tier (it needs root: network namespaces).
+# GEOCACHE_SKIP_E2E=1 skips the end-to-end tier (it needs root: network namespaces);
+# GEOCACHE_KIND=1 adds the kind tier (tests/e2e/kind/run.sh: Docker offline, real containers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +59,13 @@ if [ "${GEOCACHE_SKIP_E2E:-}" = "1" ]; then
 else
   step "end-to-end tier: the operator and nodes on real Kubernetes control planes (tests/controlplane/e2e.sh)"
   tests/controlplane/e2e.sh
+fi
+
+# The kind tier (real containers, images from our Dockerfiles): opt-in until it fits CI's budget on a
+# fresh machine (about 39 min cold on 2 cores, 6-10 min warm; tests/e2e/kind/README.md).
+if [ "${GEOCACHE_KIND:-0}" = "1" ]; then
+  step "kind tier: the three-cluster scenario on kind, real containers from our Dockerfiles (tests/e2e/kind/run.sh)"
+  tests/e2e/kind/run.sh
 fi
 
 step "all tests passed"
