@@ -78,13 +78,7 @@ pub fn operator_binary() -> PathBuf {
             assert!(bin.is_file(), "GEOCACHE_OPERATOR_BIN={} is not a file", bin.display());
             return bin;
         }
-        let exe = std::env::current_exe().expect("the path of the running test executable");
-        let profile_dir = exe
-            .parent()
-            .filter(|d| d.file_name().is_some_and(|n| n == "deps"))
-            .and_then(Path::parent)
-            .or_else(|| exe.parent())
-            .unwrap_or_else(|| panic!("cannot find the target directory from {}", exe.display()));
+        let profile_dir = crate::profile_dir();
         let bin = profile_dir.join("geocache-operator");
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();

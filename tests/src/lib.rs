@@ -349,6 +349,18 @@ impl NodeAddrs {
     }
 }
 
+/// The running test executable's profile directory (`target/<profile>/deps/x-hash` →
+/// `target/<profile>`), where `cargo test --workspace` puts the workspace's binaries.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the path of the running test executable");
+    exe.parent()
+        .filter(|d| d.file_name().is_some_and(|n| n == "deps"))
+        .and_then(Path::parent)
+        .or_else(|| exe.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| panic!("cannot find the target directory from {}", exe.display()))
+}
+
 /// The `geocache-node` binary for tests outside the node crate, which cannot use
 /// `CARGO_BIN_EXE_geocache-node`: `$GEOCACHE_NODE_BIN` when set, else the binary next
 /// to the running test executable's directory (`target/<profile>/deps/x-hash` →
@@ -361,13 +373,7 @@ pub fn node_binary() -> PathBuf {
         assert!(bin.is_file(), "GEOCACHE_NODE_BIN={} is not a file", bin.display());
         return bin;
     }
-    let exe = std::env::current_exe().expect("the path of the running test executable");
-    let profile_dir = exe
-        .parent()
-        .filter(|d| d.file_name().is_some_and(|n| n == "deps"))
-        .and_then(Path::parent)
-        .or_else(|| exe.parent())
-        .unwrap_or_else(|| panic!("cannot find the target directory from {}", exe.display()));
+    let profile_dir = profile_dir();
     let bin = profile_dir.join("geocache-node");
     assert!(
         bin.is_file(),
