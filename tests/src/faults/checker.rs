@@ -163,6 +163,16 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// The fastest node clock (Unix ms) when this machine's read `unix_ms`, at run time
+    /// `t`. An entry with an expiry may be absent on every node once *any* node's clock
+    /// passed it: that node's sweeper frees the value, and a full resync from it carries
+    /// only a tombstone of the same version, which a node whose clock is behind cannot
+    /// turn back into the value. With clocks within `--max-clock-skew` that is the same
+    /// instant everywhere; with one clock far ahead, entries leave early by its lead.
+    fn expiry_clock(&self, t: u64, unix_ms: u64) -> u64 {
+        self.h.nodes.keys().map(|n| self.h.node_clock(n, t, unix_ms)).max().unwrap_or(unix_ms)
+    }
+
     /// Whether write `o` may have left the key absent (a tombstone, or an entry
     /// expired by `clock_ms`) with a version at least `than`.
     fn may_remove_at_or_above(&self, o: &Op, than: u64, clock_ms: u64) -> bool {
@@ -183,8 +193,8 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// Whether `state`, read on a node whose clock read `clock_ms`, is consistent with
-    /// that node having applied write `w`, given the other writes on the key that
+    /// Whether `state`, read when the fastest node clock read `clock_ms` (see
+    /// [`Checker::expiry_clock`]), is consistent with the reading node having applied write `w`, given the other writes on the key that
     /// started before `before` (run ms). `Err` says why not.
     fn reflects(&self, w: &Op, state: &State, clock_ms: u64, before: u64) -> Result<(), String> {
         let others = || self.ops_on(&w.key).iter().filter(|o| o.start <= before);
@@ -350,7 +360,7 @@ impl<'a> Checker<'a> {
         let Some(w) = op.after.and_then(|id| self.h.op(id)) else { return };
         let state = Self::read_state(op);
         // The node may have looked at the expiry as late as when it answered.
-        let clock = self.h.node_clock(&op.node, op.end, op.end_unix);
+        let clock = self.expiry_clock(op.end, op.end_unix);
         if !matches!(state, State::Error(_)) {
             self.count("read-your-writes reads answered");
         }
@@ -477,7 +487,7 @@ impl<'a> Checker<'a> {
             if matches!(state, State::Error(_)) {
                 return None;
             }
-            let clock = self.h.node_clock(&p.node, p.end, p.end_unix);
+            let clock = self.expiry_clock(p.end, p.end_unix);
             match self.reflects(w, &state, clock, p.end) {
                 Ok(()) => Some(true),
                 Err(e) => {
@@ -592,7 +602,7 @@ impl<'a> Checker<'a> {
                     message: format!("{} at the end: {e}", obs.node),
                 });
             }
-            let end_clock = self.h.node_clock(&obs.node, obs.at, obs.end_unix);
+            let end_clock = self.expiry_clock(obs.at, obs.end_unix);
             for w in self.ops_on(&obs.key).iter().filter(|w| w.acknowledged()) {
                 if self.may_be_lost(w) {
                     continue;
@@ -612,8 +622,9 @@ impl<'a> Checker<'a> {
         out
     }
 
-    /// `Ok` when every node answers the same for every key, allowing a node whose
-    /// clock passed an entry's expiry not to serve it; else the differences.
+    /// `Ok` when every node answers the same for every key, allowing a node not to serve
+    /// an entry once any node's clock passed its expiry (see [`Checker::expiry_clock`]);
+    /// else the differences.
     pub fn converged(&self, observed: &[Observed]) -> Result<(), Vec<String>> {
         let mut by_key: BTreeMap<&str, Vec<&Observed>> = BTreeMap::new();
         for o in observed {
@@ -627,9 +638,7 @@ impl<'a> Checker<'a> {
             let same_present = present.windows(2).all(|w| w[0] == w[1]);
             let absent_explained = obs.iter().filter(|o| o.state == State::Absent).all(|o| match present.first() {
                 None => true,
-                Some(State::Present { expires_at: Some(e), .. }) => {
-                    *e <= self.h.node_clock(&o.node, o.at, o.end_unix) + 1
-                }
+                Some(State::Present { expires_at: Some(e), .. }) => *e <= self.expiry_clock(o.at, o.end_unix) + 1,
                 Some(_) => false,
             });
             if errors || !same_present || !absent_explained {
@@ -892,19 +901,49 @@ mod tests {
     }
 
     #[test]
-    fn convergence_allows_only_expiry_by_a_node_clock() {
-        let mut h = history();
-        h.initial_offsets.insert("us-0".into(), 10_000);
-        h.ops.push(op(1, "eu-0", Kind::Put, 1000, 1010, written(v(T0 + 1000, "eu-0"), Some(T0 + 5000))));
-        let c = Checker::new(&h, SETTINGS);
+    fn convergence_allows_absence_only_once_some_node_clock_passed_the_expiry() {
         let p =
             State::Present { version: v(T0 + 1000, "eu-0"), body: "{\"op\":1}".into(), expires_at: Some(T0 + 5000) };
+        let mut h = history();
+        h.ops.push(op(1, "eu-0", Kind::Put, 1000, 1010, written(v(T0 + 1000, "eu-0"), Some(T0 + 5000))));
+        {
+            let c = Checker::new(&h, SETTINGS);
+            assert!(
+                c.converged(&[obs("eu-0", 2000, p.clone()), obs("eu-1", 2000, State::Absent)]).is_err(),
+                "no clock passed the expiry"
+            );
+        }
+        h.initial_offsets.insert("us-0".into(), 10_000);
+        let c = Checker::new(&h, SETTINGS);
         assert!(
             c.converged(&[obs("eu-0", 2000, p.clone()), obs("us-0", 2000, State::Absent)]).is_ok(),
             "us's clock passed it"
         );
-        assert!(c.converged(&[obs("eu-0", 2000, p.clone()), obs("eu-1", 2000, State::Absent)]).is_err());
+        assert!(
+            c.converged(&[obs("eu-0", 2000, p.clone()), obs("eu-1", 2000, State::Absent)]).is_ok(),
+            "us's sweeper freed it, and a resync from us carries only its tombstone"
+        );
         let other = State::Present { version: v(T0 + 900, "us-0"), body: "{\"op\":1}".into(), expires_at: None };
         assert!(c.converged(&[obs("eu-0", 2000, p), obs("ap-0", 2000, other)]).is_err());
+    }
+
+    #[test]
+    fn a_read_your_writes_read_may_miss_an_entry_a_faster_clock_expired() {
+        let mut h = history();
+        h.initial_offsets.insert("us-0".into(), 10_000);
+        h.initial_offsets.insert("us-1".into(), 10_000);
+        // us-0 writes with a 2 s TTL by its clock (10 s ahead); ap-0 reads it 3 s later.
+        let w = written(v(T0 + 11_000, "us-0"), Some(T0 + 13_000));
+        h.ops.push(op(1, "us-0", Kind::Patch, 1000, 1010, w));
+        let mut read = op(2, "ap-0", Kind::GetAfter, 4000, 4010, read(None, ""));
+        read.after = Some(1);
+        h.ops.push(read);
+        assert!(checks(&Checker::new(&h, SETTINGS).check_ops()).is_empty(), "us's clock passed the expiry");
+        // With every clock in step, the same read is stale.
+        h.initial_offsets.insert("us-0".into(), 0);
+        h.initial_offsets.insert("us-1".into(), 0);
+        let w = written(v(T0 + 1000, "us-0"), Some(T0 + 13_000));
+        h.ops[0] = op(1, "us-0", Kind::Patch, 1000, 1010, w);
+        assert_eq!(checks(&Checker::new(&h, SETTINGS).check_ops()), ["stale-read-your-writes"]);
     }
 }
