@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds, once, every binary of the kind tier that is not a Debian package, into versioned
-# folders of ~/.cache/geocache (never into the repository): kind, the Kubernetes node and
-# client binaries (kubelet, kubeadm, kubectl, kube-proxy) from tests/e2e/kind/k8s (the Go
-# wrapper module of the control-plane tier, with a go.sum for these), the control plane itself (tests/controlplane/build.sh), CoreDNS,
-# local-path-provisioner and the pause binary. Safe to run again: it builds what is missing.
+# folders of ~/.cache/geocache (never into the repository): the control plane
+# (tests/controlplane/build.sh, first: the node binaries reuse most of its compiled packages
+# from the Go build cache), kind, the Kubernetes node and client binaries (kubelet, kubeadm,
+# kubectl, kube-proxy) from tests/e2e/kind/k8s (the Go wrapper module of the control-plane
+# tier, with a go.sum for these), CoreDNS and local-path-provisioner from the add-ons module
+# tests/e2e/kind/addons, and the pause binary. Safe to run again: it builds what is missing.
 #   usage: tests/e2e/kind/build-binaries.sh
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -63,7 +65,25 @@ build_pause() {
   echo "  pause: built (static, from images/pause.c)"
 }
 
+# build_addon DIR NAME PACKAGE: go build PACKAGE of the add-ons module into DIR/NAME.
+build_addon() {
+  local dir=$1 name=$2 pkg=$3 started=$SECONDS
+  built "$dir" "$name" && return 0
+  echo "  building $name..."
+  mkdir -p "$dir"
+  (cd "$kind_lib_dir/addons" && go build -trimpath -ldflags "-s -w" -o "$dir/$name.tmp" "$pkg")
+  mv "$dir/$name.tmp" "$dir/$name"
+  echo "  $name: built in $((SECONDS - started))s"
+}
+
 build_all() {
+  # First: the node binaries below share the control plane's module versions and flags
+  # (CGO_ENABLED=0, -trimpath), so most of their packages come from the Go build cache.
+  step "Kubernetes $K8S_VERSION control plane (tests/controlplane/build.sh: etcd, kube-apiserver, kube-controller-manager, kube-scheduler)"
+  # Another run of build.sh (the control-plane tier) may hold this lock meanwhile.
+  with_lock controlplane-build "$kind_repo_dir/tests/controlplane/build.sh" >"$GEOCACHE_CACHE/.controlplane-dir.tmp"
+  mv "$GEOCACHE_CACHE/.controlplane-dir.tmp" "$GEOCACHE_CACHE/.controlplane-dir"
+
   step "kind $KIND_VERSION"
   go_install "$kind_bin_cache" kind "sigs.k8s.io/kind@$KIND_VERSION"
   "$kind_bin_cache/kind" version
@@ -75,16 +95,11 @@ build_all() {
   build_k8s kube-proxy k8s.io/kubernetes/cmd/kube-proxy
   build_pause
 
-  step "Kubernetes $K8S_VERSION control plane (tests/controlplane/build.sh: etcd, kube-apiserver, kube-controller-manager, kube-scheduler)"
-  # Another run of build.sh (the control-plane tier) may hold this lock meanwhile.
-  with_lock controlplane-build "$kind_repo_dir/tests/controlplane/build.sh" >"$GEOCACHE_CACHE/.controlplane-dir.tmp"
-  mv "$GEOCACHE_CACHE/.controlplane-dir.tmp" "$GEOCACHE_CACHE/.controlplane-dir"
+  step "CoreDNS $COREDNS_VERSION (addons/: the plugins of kind's Corefile only)"
+  build_addon "$coredns_cache" coredns .
 
-  step "CoreDNS $COREDNS_VERSION (the longest Go build of the tier, about 6 minutes the first time)"
-  go_install "$coredns_cache" coredns "github.com/coredns/coredns@$COREDNS_VERSION"
-
-  step "local-path-provisioner $LOCAL_PATH_VERSION (the volumes of the PersistentVolumeClaims)"
-  go_install "$local_path_cache" local-path-provisioner "github.com/rancher/local-path-provisioner@$LOCAL_PATH_VERSION"
+  step "local-path-provisioner $LOCAL_PATH_VERSION (addons/: the volumes of the PersistentVolumeClaims)"
+  build_addon "$local_path_cache" local-path-provisioner github.com/rancher/local-path-provisioner
   kind_step_done
 }
 

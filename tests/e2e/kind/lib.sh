@@ -4,19 +4,22 @@
 
 KIND_VERSION=v0.33.0
 K8S_VERSION=v1.37.2
-COREDNS_VERSION=v1.14.6
-# The only local-path-provisioner on the Go module proxy.
-LOCAL_PATH_VERSION=v0.0.30
 DEBIAN_SUITE=bookworm
 
 GEOCACHE_CACHE="${GEOCACHE_CACHE:-$HOME/.cache/geocache}"
 kind_lib_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 kind_repo_dir="$(cd "$kind_lib_dir/../../.." && pwd)"
+# CoreDNS and local-path-provisioner (the only one on the Go module proxy: v0.0.30) come from
+# the add-ons module (addons/go.mod), which names their versions; their cache folders are
+# keyed by the module's files too (the plugins CoreDNS is built with, the dependencies).
+COREDNS_VERSION="$(awk '$1 == "require" && $2 == "github.com/coredns/coredns" { print $3 }' "$kind_lib_dir/addons/go.mod")"
+LOCAL_PATH_VERSION="$(awk '$1 == "github.com/rancher/local-path-provisioner" && $2 != "" { print $2; exit }' "$kind_lib_dir/addons/go.mod")"
+addons_key="$(cat "$kind_lib_dir/addons/go.mod" "$kind_lib_dir/addons/go.sum" "$kind_lib_dir/addons/main.go" | sha256sum | cut -c1-12)"
 # Where the offline tier keeps what it builds, one folder per input version.
 kind_bin_cache="$GEOCACHE_CACHE/kind-$KIND_VERSION"
 k8s_node_cache="$GEOCACHE_CACHE/kind-node-k8s-$K8S_VERSION"
-coredns_cache="$GEOCACHE_CACHE/coredns-$COREDNS_VERSION"
-local_path_cache="$GEOCACHE_CACHE/local-path-provisioner-$LOCAL_PATH_VERSION"
+coredns_cache="$GEOCACHE_CACHE/coredns-$COREDNS_VERSION-$addons_key"
+local_path_cache="$GEOCACHE_CACHE/local-path-provisioner-$LOCAL_PATH_VERSION-$addons_key"
 rootfs_cache="$GEOCACHE_CACHE/debian-$DEBIAN_SUITE-rootfs"
 # The engine's data root: images survive between runs (the engine itself does not).
 engine_dir="$GEOCACHE_CACHE/docker-engine"

@@ -58,11 +58,17 @@ net_state() {
 # not namespaced); they are put back at the end.
 kernel_tunables=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 
-# The EXIT trap of ENGINE=local: stop the engine, put the tunables back, compare the network.
-state="" engine_started=0 tunables_saved=0 kind_deadline=0
+# The EXIT trap of ENGINE=local: stop the host build, stop the engine, put the tunables
+# back, compare the network.
+state="" engine_started=0 tunables_saved=0 kind_deadline=0 cargo_pid=""
 local_cleanup() {
   local rc=$?
   set +e
+  if [ -n "$cargo_pid" ] && kill -0 "$cargo_pid" 2>/dev/null; then
+    # timeout(1) passes the signal on to cargo's process group.
+    kill -TERM "$cargo_pid"
+    wait "$cargo_pid"
+  fi
   if [ "$engine_started" = 1 ]; then
     if [ "$KEEP" = 1 ]; then
       step "KEEP=1: the engine stays up (stop it with: $here/engine.sh down)"
@@ -127,6 +133,25 @@ run_local() {
   sysctl -e "${kernel_tunables[@]}" >"$state/tunables"
   tunables_saved=1
 
+  # One cargo invocation for both binaries (their dependencies are compiled once), in the
+  # background while prepare.sh builds the Go binaries and the images: both are mostly CPU,
+  # but each has long stretches on one core (links, the largest crates and packages, image
+  # imports), which the other fills. The cargo profile `image` (Cargo.toml) is release's
+  # optimisation without debug info and with more codegen units: CI compiles it from nothing
+  # on every fresh machine.
+  local profile="${PROFILE:-image}" target=x86_64-unknown-linux-gnu
+  step "host build of the node and operator binaries, in the background (cargo profile $profile, static glibc: the Dockerfiles' prebuilt path; log: $state/cargo.log)"
+  # timeout(1) runs it in a process group of its own and signals all of it.
+  # shellcheck disable=SC2016 # expanded by the inner bash, from its arguments
+  RUSTFLAGS='-C target-feature=+crt-static' timeout -k 30 "$(left)" bash -c '
+    started=$SECONDS
+    cargo build --manifest-path "$1/Cargo.toml" --profile "$2" --locked --target "$3" \
+      -p geocache-node --bin geocache-node -p geocache-operator --bin geocache-operator
+    rc=$?
+    echo "cargo build: exit status $rc after $((SECONDS - started))s"
+    exit "$rc"' cargo-build "$repo" "$profile" "$target" >"$state/cargo.log" 2>&1 </dev/null &
+  cargo_pid=$!
+
   step "engine: dockerd in its own network namespace (engine.sh up)"
   if "$here/engine.sh" exec docker version >/dev/null 2>&1; then
     echo "an engine of an earlier run is up: it is used, and stopped at the end"
@@ -147,11 +172,16 @@ run_local() {
   kind_node_image="${kind_node_image#KIND_NODE_IMAGE=}"
   curl_image="${images##*CURL_IMAGE=}"
 
-  step "building the node and operator binaries on the host (release, static glibc: the Dockerfiles' prebuilt path)"
-  local target=x86_64-unknown-linux-gnu
-  (cd "$repo" && RUSTFLAGS='-C target-feature=+crt-static' timeout -k 30 "$(left)" cargo build --release --locked \
-    --target "$target" -p geocache-node --bin geocache-node -p geocache-operator --bin geocache-operator)
-  file "$repo/target/$target/release/geocache-node" 2>/dev/null || ls -l "$repo/target/$target/release/geocache-node"
+  step "waiting for the host build (cargo profile $profile, started in the background)"
+  local cargo_rc=0
+  wait "$cargo_pid" || cargo_rc=$?
+  cargo_pid=""
+  if [ "$cargo_rc" -ne 0 ]; then
+    tail -n 60 "$state/cargo.log" >&2
+    die "the host build failed (exit status $cargo_rc)"
+  fi
+  grep -v -e '^ *Compiling ' -e '^ *Downloaded ' -e '^ *Downloading ' "$state/cargo.log" | tail -n 5
+  file "$repo/target/$target/$profile/geocache-node" 2>/dev/null || ls -l "$repo/target/$target/$profile/geocache-node"
 
   # The tools of the scenario, first on its PATH: Debian's docker client (the engine's own
   # version, with BuildKit built in), kind and kubectl v1.37.2 from the cache.
@@ -168,7 +198,7 @@ run_local() {
   step "the scenario, inside netns $ENGINE_NETNS (up to $(left)s)"
   timeout -k 120 "$(left)" "$here/engine.sh" exec env \
     GEOCACHE_KIND_INSIDE=1 kind_t0=0 PATH="$state/bin:$PATH" \
-    BINARY=prebuilt KIND_NODE_IMAGE="$kind_node_image" CURL_IMAGE="$curl_image" HELM="$helm" \
+    BINARY=prebuilt PROFILE="$profile" KIND_NODE_IMAGE="$kind_node_image" CURL_IMAGE="$curl_image" HELM="$helm" \
     "$here/run.sh"
 }
 
@@ -194,8 +224,9 @@ fi
 CLUSTER_PREFIX="${CLUSTER_PREFIX:-geocache-e2e}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
 # build: the Dockerfiles compile the binaries (needs a registry for the rust image);
-# prebuilt: they take target/x86_64-unknown-linux-gnu/release/ from a host build.
+# prebuilt: they take target/x86_64-unknown-linux-gnu/$PROFILE/ from a host build.
 BINARY="${BINARY:-build}"
+PROFILE="${PROFILE:-release}"
 NODE_IMAGE="${NODE_IMAGE:-geocache/geocache-node:e2e}"
 OPERATOR_IMAGE="${OPERATOR_IMAGE:-geocache/geocache-operator:e2e}"
 KIND_NODE_IMAGE="${KIND_NODE_IMAGE:-}"
@@ -330,6 +361,7 @@ case "$REPLICAS" in '' | *[!0-9]* | 0 | 1) die "REPLICAS must be a number of nod
 case "$WAIT" in '' | *[!0-9]*) die "WAIT must be a number of seconds" ;; esac
 case "$MEMBER_CREDENTIALS" in token | admin) ;; *) die "MEMBER_CREDENTIALS must be token or admin" ;; esac
 case "$BINARY" in build | prebuilt) ;; *) die "BINARY must be build or prebuilt" ;; esac
+case "$PROFILE" in release | image) ;; *) die "PROFILE must be release or image (the Dockerfiles' .dockerignore send only those)" ;; esac
 for image in "$NODE_IMAGE" "$OPERATOR_IMAGE"; do
   case "${image##*/}" in
     *:*) ;;
@@ -363,11 +395,13 @@ if [ "$SKIP_BUILD" = 1 ]; then
   done
 else
   # BuildKit: it skips the Dockerfile's stage that is not chosen (BINARY) and reads
-  # <Dockerfile>.dockerignore.
+  # <Dockerfile>.dockerignore. PROFILE only matters to the prebuilt path.
   step "building $NODE_IMAGE (node/Dockerfile, BINARY=$BINARY)"
-  DOCKER_BUILDKIT=1 docker build -f "$repo/node/Dockerfile" --build-arg "BINARY=$BINARY" -t "$NODE_IMAGE" "$repo"
+  DOCKER_BUILDKIT=1 docker build -f "$repo/node/Dockerfile" --build-arg "BINARY=$BINARY" --build-arg "PROFILE=$PROFILE" \
+    -t "$NODE_IMAGE" "$repo"
   step "building $OPERATOR_IMAGE (operator/Dockerfile, BINARY=$BINARY)"
-  DOCKER_BUILDKIT=1 docker build -f "$repo/operator/Dockerfile" --build-arg "BINARY=$BINARY" -t "$OPERATOR_IMAGE" "$repo"
+  DOCKER_BUILDKIT=1 docker build -f "$repo/operator/Dockerfile" --build-arg "BINARY=$BINARY" --build-arg "PROFILE=$PROFILE" \
+    -t "$OPERATOR_IMAGE" "$repo"
 fi
 
 step "checking the images: user, entrypoint, and that the binaries run on them"
