@@ -17,8 +17,17 @@ netns_file="/run/netns/$ENGINE_NETNS"
 pidfile="$engine_run_dir/dockerd.pid"
 log="$engine_run_dir/dockerd.log"
 
+# running: dockerd of the pid file is alive (a stale pid file of a crashed run may name a pid
+# that another process has since taken, or a dead dockerd not yet reaped: the command name
+# and the state are checked too).
 running() {
-  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+  local pid stat
+  [ -f "$pidfile" ] || return 1
+  pid="$(cat "$pidfile" 2>/dev/null)"
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] || return 1
+  stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [ "${stat%% *}" != Z ]
 }
 
 in_netns() {
@@ -78,6 +87,12 @@ up() {
     echo "engine: dockerd already running (pid $(cat "$pidfile")) in netns $ENGINE_NETNS"
     return 0
   fi
+  # What a crashed or killed run left (the namespace, processes in it, containers' processes,
+  # mounts and sockets under the exec root, a stale pid file) goes first.
+  if [ -e "$netns_file" ] || [ -d "$engine_run_dir" ] || [ -n "$(container_pids)" ]; then
+    echo "engine: removing what an earlier run left"
+    down
+  fi
   mkdir -p "$engine_run_dir" "$engine_dir/data"
   if [ ! -e "$netns_file" ]; then
     ip netns add "$ENGINE_NETNS"
@@ -113,7 +128,34 @@ JSON
     fi
     sleep 1
   done
+  # Containers in the data root are an earlier run's (the engine stops and removes its
+  # containers when it goes down; a killed run may not have): kind would refuse to create
+  # clusters of the same names, and their volumes hold disk.
+  local stale
+  stale="$(in_netns /usr/bin/docker ps -aq)"
+  if [ -n "$stale" ]; then
+    echo "engine: removing $(wc -l <<<"$stale") containers an earlier run left"
+    # shellcheck disable=SC2086 # one id per word
+    in_netns /usr/bin/docker rm -f -v $stale >/dev/null
+  fi
+  # Images left untagged by earlier builds (each run rebuilds the GeoCache images).
+  in_netns /usr/bin/docker image prune -f >/dev/null
   echo "engine: dockerd $(in_netns /usr/bin/docker version --format '{{.Server.Version}}') up in netns $ENGINE_NETNS (DOCKER_HOST=unix://$engine_sock)"
+}
+
+# container_pids: the processes of this engine's containers (found by their cgroups, named
+# after the container ids of the data root), also when dockerd is gone: the containers of kind
+# are in network namespaces of their own, out of reach of pids_in_netns.
+container_pids() {
+  local ids
+  ids="$(ls "$engine_dir/data/containers" 2>/dev/null)" || return 0
+  [ -n "$ids" ] || return 0
+  local id
+  for id in $ids; do
+    find /sys/fs/cgroup -type d \( -path "*/docker/$id" -o -path "*/docker-$id.scope" \) 2>/dev/null
+  done | while read -r dir; do
+    find "$dir" -name cgroup.procs -exec cat {} + 2>/dev/null
+  done | sort -un
 }
 
 # pids_in_netns: every process whose network namespace is the engine's.
@@ -127,8 +169,16 @@ pids_in_netns() {
 
 down() {
   if running; then
-    local pid
+    local pid ids
     pid="$(cat "$pidfile")"
+    # Every container goes with its volumes (kind's nodes keep /var in one), bounded: a
+    # stuck engine is killed below anyway.
+    ids="$(in_netns timeout 30 /usr/bin/docker ps -aq 2>/dev/null)" || ids=""
+    if [ -n "$ids" ]; then
+      # shellcheck disable=SC2086 # one id per word
+      in_netns timeout 120 /usr/bin/docker rm -f -v $ids >/dev/null 2>&1 ||
+        echo "engine: could not remove every container (continuing)" >&2
+    fi
     # dockerd stops its containers (and its containerd) when it gets SIGTERM.
     kill -TERM "$pid"
     local deadline=$((SECONDS + 60))
@@ -141,6 +191,14 @@ down() {
       sleep 1
     done
     echo "engine: dockerd stopped"
+  fi
+  local left_procs
+  left_procs="$(container_pids | tr '\n' ' ')"
+  if [ -n "${left_procs// /}" ]; then
+    echo "engine: killing processes of containers left behind: $left_procs" >&2
+    # shellcheck disable=SC2086 # one pid per word
+    kill -KILL $left_procs 2>/dev/null || true
+    sleep 1
   fi
   if [ -e "$netns_file" ]; then
     # Whatever the engine left (container shims, their processes) dies with the namespace.

@@ -12,6 +12,10 @@
 #   usage: tests/e2e/kind/prepare.sh            all of it (starts and stops the engine unless
 #                                               it is already running: then it stays)
 #          tests/e2e/kind/prepare.sh packages   only step 1
+#          tests/e2e/kind/prepare.sh fetch      only what is mostly network: step 1, step 2,
+#                                               and the Go modules of step 3 (tests/run.sh
+#                                               runs it in the background while the
+#                                               workspace's tests build and run)
 # Prints, last, the lines to eval for run.sh: KIND_NODE_IMAGE=... CURL_IMAGE=...
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -298,10 +302,34 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# fetch_go_modules: downloads the Go modules of build-binaries.sh into the module cache
+# (`go list -deps` of what it builds: the module files and go.sum stay as they are).
+fetch_go_modules() {
+  local started=$SECONDS
+  (cd "$kind_repo_dir/tests/controlplane/etcd" && GOFLAGS=-mod=readonly go list -deps . >/dev/null)
+  (cd "$kind_lib_dir/k8s" && GOFLAGS=-mod=readonly go list -deps k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubeadm k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kube-proxy >/dev/null)
+  (cd "$kind_lib_dir/addons" && GOFLAGS=-mod=readonly go list -deps . github.com/rancher/local-path-provisioner >/dev/null)
+  (cd / && GOFLAGS='' go mod download "sigs.k8s.io/kind@$KIND_VERSION")
+  echo "  Go modules downloaded in $((SECONDS - started))s"
+}
+
 install_packages
 [ "${1:-}" = packages ] && exit 0
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/geocache-kind-prepare.XXXXXX")"
+if [ "${1:-}" = fetch ]; then
+  step "Go modules of the binaries (go list -deps)"
+  fetch_go_modules
+  step "Debian $DEBIAN_SUITE root filesystems (debootstrap, cached by package list)"
+  rootfs node "$node_packages" >/dev/null
+  rootfs slim "$slim_packages" >/dev/null
+  kind_step_done
+  echo "fetched in $((SECONDS - kind_t0))s"
+  exit 0
+fi
 # debootstrap (mostly downloads and unpacking) runs while the Go builds use the CPUs.
 step "Debian $DEBIAN_SUITE root filesystems (debootstrap, cached by package list; in the background)"
 (
