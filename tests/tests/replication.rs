@@ -8,13 +8,14 @@
 //! `cargo test --workspace` (or set `GEOCACHE_NODE_BIN`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use geocache_node::PeerState;
 use geocache_tests::fleet::{Fleet, KeyState, Percentiles, REQUEST_TIMEOUT, key_state};
-use geocache_tests::{http, key_path, metric_value, now_unix_ms, parse_rfc3339_ms};
+use geocache_tests::{http, key_path, metric_value, now_unix_ms, parse_rfc3339_ms, wait_until};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -954,6 +955,110 @@ fn a_paused_node_with_a_synchronised_clock_reports_no_clock_skew() {
             f.status(&id).peers.iter().all(|p| !p.clock_skewed),
             "{id} flags a peer's clock as skewed after eu-0 was paused"
         );
+    }
+    f.finish();
+}
+
+/// Issue 11 (1): while a region is added or removed, `ack=global` counts the regions the
+/// peers file names at that moment: an added region counts at once, unreached (so two added
+/// regions that cannot be reached leave eu and us without a majority of four), and a removed
+/// one stops counting as soon as it leaves the file.
+#[test]
+fn ack_global_counts_the_regions_of_the_peers_file_as_regions_are_added_and_removed() {
+    let dir = tempfile::tempdir().expect("a directory for the peers files");
+    let file_of = |id: &str| dir.path().join(format!("{id}.peers.json"));
+    // Regions that will never answer: addresses nothing listens on.
+    let ap = geocache_tests::NodeAddrs::pick().peer.to_string();
+    let sa = geocache_tests::NodeAddrs::pick().peer.to_string();
+    let write_files = |extra: &[(&str, &str)]| {
+        let peers: Vec<serde_json::Value> =
+            extra.iter().map(|(addr, region)| serde_json::json!({ "addr": addr, "region": region })).collect();
+        let doc = serde_json::json!({ "version": 1, "peers": peers }).to_string();
+        for id in ["eu-0", "us-0"] {
+            // Replaced atomically: the node never reads half a file.
+            let tmp = dir.path().join(format!("{id}.tmp"));
+            std::fs::write(&tmp, &doc).expect("write a peers file");
+            std::fs::rename(&tmp, file_of(id)).expect("replace the peers file");
+        }
+    };
+    write_files(&[]);
+    let f = Fleet::builder("ackmembers")
+        .regions(&["eu", "us"])
+        .nodes_per_region(1)
+        .args(["--ack-timeout", "1s"])
+        .node_args("eu-0", [OsString::from("--peers-file"), file_of("eu-0").into_os_string()])
+        .node_args("us-0", [OsString::from("--peers-file"), file_of("us-0").into_os_string()])
+        .time_limit(Duration::from_secs(60))
+        .start();
+    assert!(wait_until(20 * SEC, || f.peers_up("eu-0").is_ok() && f.peers_up("us-0").is_ok()), "eu and us linked");
+    // Whether a global write is acknowledged, retried for a while: the file is read
+    // within a quarter of a second of its change.
+    let global_write_gets = |what: &str, key: &str, want: u16| {
+        let mut last = String::new();
+        let ok = wait_until(10 * SEC, || {
+            let r = f.put("eu-0", key, "{\"members\":true}", "?ack=global");
+            last = format!("{} {}", r.status, r.text());
+            r.status == want || (want == 200 && r.status == 201)
+        });
+        assert!(ok, "{what}: ack=global on eu-0 should answer {want}; last answer: {last}");
+        last
+    };
+    f.step("two regions, both up: global writes are acknowledged");
+    global_write_gets("eu and us", "members:1", 200);
+    f.step("two unreachable regions added to the peers files: eu and us are 2 of 4, no majority");
+    write_files(&[(&ap, "ap"), (&sa, "sa")]);
+    let refused = global_write_gets("ap and sa added", "members:2", 504);
+    assert!(refused.contains("2 of 4 confirmed"), "the refusal counts the four regions: {refused}");
+    assert!(refused.contains("region ap") && refused.contains("region sa"), "it names the missing regions: {refused}");
+    f.step("sa removed again: eu and us are 2 of 3, a majority");
+    write_files(&[(&ap, "ap")]);
+    global_write_gets("sa removed", "members:3", 200);
+    let status = f.status("eu-0");
+    assert!(
+        status.peers.iter().all(|p| p.addr != sa && p.region != "sa"),
+        "the removed region left the peer table: {:?}",
+        status.peers
+    );
+    f.step("ap removed too: back to eu and us");
+    write_files(&[]);
+    global_write_gets("ap removed", "members:4", 200);
+    f.finish();
+}
+
+/// Issue 11 (1): a node resumed after a pause longer than the peer timeout (SIGSTOP, a
+/// paused VM) does not take every peer for down: their silence was its own. A global write
+/// taken right after the resume waits for the regions that were up all along — here eu,
+/// 100 ms away from both others, whose link is slower to come back than us's (5 ms away),
+/// which alone would make a majority.
+#[test]
+fn a_node_resumed_from_a_pause_waits_for_regions_that_were_up_before_acknowledging_global_writes() {
+    let mut f = Fleet::builder("ackpause")
+        .nodes_per_region(1)
+        .wan_delay(Duration::from_millis(5))
+        .args(["--peer-timeout", "2s", "--ack-timeout", "5s"])
+        .time_limit(Duration::from_secs(60))
+        .start();
+    // eu is far from both others (so it cannot get the write from us first either).
+    for (a, b) in [("ap", "eu"), ("eu", "ap"), ("us", "eu"), ("eu", "us")] {
+        f.link(a, b).set_delay(Duration::from_millis(100));
+    }
+    f.wait_all_peers_up(20 * SEC);
+    f.put_ok("ap-0", "pause:0", "{\"before\":true}", "?ack=global");
+    for round in 1..=3 {
+        f.step(&format!("round {round}: ap-0 stopped for 5 s (2.5 x the peer timeout), then a global write at once"));
+        f.pause("ap-0");
+        f.sleep(5 * SEC);
+        f.resume("ap-0");
+        let key = format!("pause:{round}");
+        let r = f.put("ap-0", &key, "{\"after\":true}", "?ack=global");
+        assert!(matches!(r.status, 200 | 201), "{key} on ap-0 right after the resume: {} {}", r.status, r.text());
+        for id in ["eu-0", "us-0"] {
+            assert!(
+                f.read(id, &key).present(),
+                "{key} was acknowledged at ack=global by ap-0 right after its pause, but {id} (up all along) does not hold it"
+            );
+        }
+        f.wait_all_peers_up(20 * SEC);
     }
     f.finish();
 }

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use super::frame::{Identity, PROTOCOL_VERSION, PeerInfo};
 use super::stream::StreamId;
 use crate::clock;
-use crate::membership::{Peer, PeerTable, PeersFile, Source};
+use crate::membership::{Pause, PauseDetector, Peer, PeerTable, PeersFile, Source};
 use crate::state::NodeState;
 use crate::status::{Lag, PeerState, PeerStatus};
 
@@ -120,6 +120,8 @@ pub struct Replication {
     /// Woken when a peer confirms positions.
     pub acks: Notify,
     pub counters: ReplicationCounters,
+    /// This node's own pauses: peers are not judged by silence it caused.
+    pauses: PauseDetector,
     node_id: String,
     region: String,
 }
@@ -127,12 +129,16 @@ pub struct Replication {
 impl Replication {
     pub fn new(config: ReplicationConfig, node_id: &str, region: &str) -> Self {
         let mut table = PeerTable::default();
+        // Half the peer timeout: the peer manager observes every 250 ms, and a pause
+        // that short cannot have made a peer look down by itself.
+        let pause_gap = (config.peer_timeout / 2).max(Duration::from_millis(750));
         let seeds: Vec<_> = config.seeds.iter().map(|(a, region)| (a.clone(), region.clone(), None)).collect();
         table.set_seeds(&seeds);
         Replication {
             config,
             table: Mutex::new(table),
             acks: Notify::new(),
+            pauses: PauseDetector::new(pause_gap),
             counters: ReplicationCounters::default(),
             node_id: node_id.to_string(),
             region: region.to_string(),
@@ -141,6 +147,19 @@ impl Replication {
 
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// Records that this node runs now; gives the last pause it noticed.
+    pub fn observe_running(&self, now: Instant) -> Option<Pause> {
+        self.pauses.observe(now)
+    }
+
+    /// Whether peer `p` counts as up at `now`: linked and heard within the peer
+    /// timeout, or up when this node itself stopped and this node resumed less than a
+    /// timeout ago (its links may still be coming back: the silence was ours).
+    pub fn reachable(&self, p: &Peer, now: Instant, pause: Option<Pause>) -> bool {
+        let timeout = self.config.peer_timeout;
+        p.is_up(now, timeout) || PauseDetector::excuses(pause, p.last_seen, now, timeout)
     }
 
     pub fn region(&self) -> &str {
@@ -227,6 +246,7 @@ impl Replication {
     /// Status of every peer for `/v1/status`.
     pub fn peer_statuses(&self, state: &NodeState) -> Vec<PeerStatus> {
         let now = Instant::now();
+        let pause = self.observe_running(now);
         let now_ms = clock::now_ms();
         let peers: Vec<Peer> = self.table.lock().iter().filter(|p| !p.redundant).cloned().collect();
         let st = state.db.journal().lock();
@@ -238,7 +258,7 @@ impl Replication {
                     node_id: p.node_id.clone().unwrap_or_default(),
                     region: p.region.clone().unwrap_or_default(),
                     addr: p.addr.clone(),
-                    state: if p.is_up(now, self.config.peer_timeout) { PeerState::Up } else { PeerState::Down },
+                    state: if self.reachable(&p, now, pause) { PeerState::Up } else { PeerState::Down },
                     last_seen_ms_ago: p.last_seen.map(|t| now.duration_since(t).as_millis() as u64),
                     lag: Lag { writes: st.positions.ahead_of(&p.acked), ms: lag_ms },
                     rtt_ms: p.rtt_ms,
@@ -416,6 +436,7 @@ impl Replication {
     /// as unconfirmed for both levels, so that a node that reached no one confirms nothing.
     fn missing_acks(&self, stream: &StreamId, seq: u64, level: AckLevel) -> Vec<String> {
         let now = Instant::now();
+        let pause = self.observe_running(now);
         let table = self.table.lock();
         let peers: Vec<&Peer> = table.iter().filter(|p| !p.redundant).collect();
         let unknown: Vec<Voter> = peers
@@ -425,7 +446,7 @@ impl Replication {
             .collect();
         let voter = |p: &Peer| Voter {
             name: p.node_id.clone().unwrap_or_else(|| p.addr.clone()),
-            reachable: p.is_up(now, self.config.peer_timeout),
+            reachable: self.reachable(p, now, pause),
             acked: p.acked.get(stream) >= seq,
         };
         match level {
@@ -582,11 +603,12 @@ fn reload_peers_file(state: &NodeState, path: &std::path::Path) {
 fn hold_tombstones_while_a_peer_is_unreachable(state: &NodeState) {
     let repl = &state.replication;
     let now = Instant::now();
+    let pause = repl.observe_running(now);
     let down: Vec<String> = repl
         .table
         .lock()
         .iter()
-        .filter(|p| !p.redundant && !p.is_up(now, repl.config.peer_timeout))
+        .filter(|p| !p.redundant && !repl.reachable(p, now, pause))
         .map(|p| p.node_id.clone().unwrap_or_else(|| p.addr.clone()))
         .collect();
     let store = state.db.store();
