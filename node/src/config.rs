@@ -320,27 +320,6 @@ impl Flags {
     }
 }
 
-impl Config {
-    /// A configuration for tests: memory only, ports chosen by the OS.
-    pub fn for_test() -> Config {
-        Flags::parse_from([
-            "geocache-node",
-            "--node-id",
-            "test-0",
-            "--region",
-            "test",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--resp-addr",
-            "127.0.0.1:0",
-            "--peer-addr",
-            "127.0.0.1:0",
-        ])
-        .validate()
-        .unwrap_or_else(|e| panic!("test config: {e}"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,8 @@
 //! Bad input never crashes the node or changes the store: a table of bad HTTP
 //! requests, bad Redis commands, malformed RESP frames, and random bytes on both ports.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test: failing loudly is its job
+
 mod common;
 
 use std::io::{BufReader, Read, Write};

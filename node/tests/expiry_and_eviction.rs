@@ -1,6 +1,8 @@
 //! Expiry (TTL over both interfaces, the background sweeper, `--default-ttl`) and
 //! eviction under a small `--max-memory`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test: failing loudly is its job
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,8 @@
 //! The HTTP contract of `geocache-node`, driven over real sockets against the real
 //! binary: status codes, headers, bodies, `/healthz`, `/readyz`, `/metrics`, `/v1/status`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test: failing loudly is its job
+
 mod common;
 
 use common::*;

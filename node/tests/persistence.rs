@@ -2,6 +2,8 @@
 //! by default), expired keys stay gone, a torn or corrupt log tail is reported and
 //! skipped (never served), restarts are idempotent, and the log is compacted.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test: failing loudly is its job
+
 mod common;
 
 use std::collections::BTreeMap;

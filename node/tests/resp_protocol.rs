@@ -1,6 +1,8 @@
 //! The Redis protocol of `geocache-node`: the real `redis-cli`, the Rust `redis` crate,
 //! raw RESP2/RESP3 bytes, and values crossing between the Redis port and HTTP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test: failing loudly is its job
+
 mod common;
 
 use std::time::Duration;

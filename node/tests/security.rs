@@ -4,6 +4,8 @@
 //! certificate from another CA or for another region's identity is refused, and says
 //! why in the logs. Certificates are made by the test (`security::pki`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test: failing loudly is its job
+
 mod common;
 
 use std::io::{BufReader, Write as _};

@@ -3,6 +3,8 @@
 //! schema's defaults applied first, as admission does), and bad objects are refused by both
 //! the CEL rules and the operator's own `validate` with the same complaint.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test: failing loudly is its job
+
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
