@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, ValidationRule,
 };
@@ -50,6 +52,9 @@ pub const MAX_REGION_NAME_LEN: usize = 40;
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.ready","description":"Regions ready / regions"}"#,
     printcolumn = r#"{"name":"Regions","type":"string","jsonPath":".status.regionNames","description":"Region names"}"#,
     printcolumn = r#"{"name":"Max-Lag","type":"string","jsonPath":".status.maxLag","description":"Highest replication lag any node reports"}"#,
+    printcolumn = r#"{"name":"Degraded","type":"string","jsonPath":".status.conditions[?(@.type==\"Degraded\")].status","description":"Whether something that should work does not"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Degraded\")].reason","description":"Why the GeoCache is degraded"}"#,
+    printcolumn = r#"{"name":"Detail","type":"string","priority":1,"jsonPath":".status.regionSummary","description":"Each region's state and ready nodes"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -111,12 +116,62 @@ pub struct GeoCacheSpec {
     /// Compute resources of every node, unless a region sets its own
     /// (default: requests 100m CPU and 640Mi memory, limit 768Mi memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<Resources>,
 
     /// Encryption and authentication (default: mutual TLS between nodes and regions with
     /// a CA the operator makes for this GeoCache, and a client password it generates).
     #[serde(default)]
     pub security: SecuritySpec,
+
+    /// Where and how every region's pods are placed (a region's own settings win).
+    #[serde(flatten)]
+    pub placement: Placement,
+}
+
+/// Placement and registry settings of the node pods, GeoCache-wide or per region.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// Affinity of the pods (default: prefer one node of a region per host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How the pods spread over the topology (default: a region's nodes as evenly as
+    /// possible across zones, then hosts; `ScheduleAnyway`, so that a small cluster still runs
+    /// them). An empty list turns the default off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxItems" = 8, "x-kubernetes-validations" = [
+        {"rule": "self.all(c, c.maxSkew >= 1)", "message": "topologySpreadConstraints maxSkew must be 1 or more"}
+    ]))]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// Secrets with the credentials of a private registry, in each region's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxItems" = 16))]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253), extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",
+         "message": "priorityClassName must be the name of a PriorityClass"}
+    ]))]
+    pub priority_class_name: Option<String>,
+    /// Labels added to the pods (the operator's own labels cannot be overridden).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 32, "x-kubernetes-validations" = [
+        {"rule": "!('app.kubernetes.io/name' in self) && !('app.kubernetes.io/instance' in self) && !('app.kubernetes.io/managed-by' in self) && !('geocache.dev/region' in self)",
+         "message": "podLabels must not set app.kubernetes.io/name, app.kubernetes.io/instance, app.kubernetes.io/managed-by or geocache.dev/region: the operator selects its pods by them"}
+    ], "additionalProperties" = {
+        "type": "string",
+        "maxLength": 63,
+        "x-kubernetes-validations": [
+            {"rule": "self.matches('^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$')",
+             "message": "podLabels values must be label values: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"}
+        ]
+    }))]
+    pub pod_labels: Option<BTreeMap<String, String>>,
+    /// Annotations added to the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub pod_annotations: Option<BTreeMap<String, String>>,
 }
 
 /// Encryption and authentication.
@@ -295,7 +350,7 @@ pub struct RegionSpec {
 
     /// Compute resources of this region's nodes (overrides `spec.resources`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<Resources>,
 
     /// Volume of this region's nodes when persistence is on (overrides `spec.persistence`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -308,6 +363,11 @@ pub struct RegionSpec {
     /// Tolerations of this region's pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,
+
+    /// Where and how this region's pods are placed: each setting given here replaces the
+    /// GeoCache-wide one (pod labels and annotations are merged, this region's winning).
+    #[serde(flatten)]
+    pub placement: Placement,
 
     /// DNS domain of the region's cluster, used in the nodes' stable names.
     #[serde(default = "default_cluster_domain")]
@@ -395,6 +455,47 @@ impl ServiceType {
     }
 }
 
+/// Compute resources of a node: quantities by resource name. Quantities are strings
+/// (`cpu: "1"`, not `cpu: 1`), so that the API server can check each one.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// What the scheduler reserves for a node, e.g. `cpu: 100m`, `memory: 640Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 8, "additionalProperties" = {
+        "type": "string",
+        "maxLength": 64,
+        "x-kubernetes-validations": [
+            {"rule": "isQuantity(self)", "message": "each resources.requests value must be a quantity such as 100m, 640Mi or 2Gi"}
+        ]
+    }))]
+    pub requests: Option<BTreeMap<String, String>>,
+    /// The most a node may use, e.g. `memory: 768Mi` (a node above it is killed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 8, "additionalProperties" = {
+        "type": "string",
+        "maxLength": 64,
+        "x-kubernetes-validations": [
+            {"rule": "isQuantity(self)", "message": "each resources.limits value must be a quantity such as 100m, 768Mi or 2Gi"}
+        ]
+    }))]
+    pub limits: Option<BTreeMap<String, String>>,
+}
+
+impl Resources {
+    /// As the container's resource requirements.
+    pub fn to_requirements(&self) -> ResourceRequirements {
+        let quantities = |m: &Option<BTreeMap<String, String>>| {
+            m.as_ref().map(|m| m.iter().map(|(k, v)| (k.clone(), Quantity(v.clone()))).collect())
+        };
+        ResourceRequirements {
+            requests: quantities(&self.requests),
+            limits: quantities(&self.limits),
+            ..ResourceRequirements::default()
+        }
+    }
+}
+
 /// On-disk persistence.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -405,9 +506,12 @@ pub struct Persistence {
     /// When to fsync the log.
     #[serde(default)]
     pub fsync: Fsync,
-    /// Size of each node's volume.
+    /// Size of each node's volume, a quantity such as `1Gi`.
     #[serde(default = "default_storage_size")]
-    pub size: Quantity,
+    #[schemars(length(max = 64), extend("x-kubernetes-validations" = [
+        {"rule": "isQuantity(self)", "message": "persistence.size must be a quantity such as 1Gi or 500Mi"}
+    ]))]
+    pub size: String,
     /// Storage class of the volumes (absent: the cluster's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
@@ -443,9 +547,12 @@ impl Fsync {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Storage {
-    /// Size of each node's volume.
+    /// Size of each node's volume, a quantity such as `1Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<Quantity>,
+    #[schemars(length(max = 64), extend("x-kubernetes-validations" = [
+        {"rule": "isQuantity(self)", "message": "storage.size must be a quantity such as 1Gi or 500Mi"}
+    ]))]
+    pub size: Option<String>,
     /// Storage class of the volumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
@@ -458,7 +565,8 @@ pub struct GeoCacheStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Progressing` and `Degraded`.
+    /// `Ready` (every region serves), `Reconciling` and `Stalled` (kstatus), `Degraded`,
+    /// `Progressing` (as `Reconciling`) and `ClockSkew`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -471,6 +579,9 @@ pub struct GeoCacheStatus {
     /// Highest replication lag any node reports, e.g. `35ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lag: Option<String>,
+    /// Each region's state and ready nodes, e.g. `eu Ready 3/3, us Degraded 1/2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region_summary: Option<String>,
     /// Per region.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub regions: Vec<RegionStatus>,
@@ -484,6 +595,11 @@ pub struct GeoCacheStatus {
 #[serde(rename_all = "camelCase")]
 pub struct RegionStatus {
     pub name: String,
+    /// `Ready` (every node ready and up to date), `Progressing`, `Degraded` (serving, but
+    /// nodes crashed or peers are down), `Unavailable` (no node ready), `Failed` (the
+    /// operator cannot reconcile it), `Pending` (not created yet) or `Stopped` (0 replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
     /// Nodes wanted.
     pub replicas: i32,
     /// Nodes ready.
@@ -495,6 +611,9 @@ pub struct RegionStatus {
     /// The fewest peers any node of the region sees up (absent when no node answered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers_up: Option<i64>,
+    /// The peers each node should see up: every other node of the GeoCache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers_expected: Option<i64>,
     /// Highest replication lag, in milliseconds, any node of the region reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lag_ms: Option<i64>,
@@ -516,8 +635,8 @@ fn default_max_memory() -> String {
     "512mb".to_string()
 }
 
-fn default_storage_size() -> Quantity {
-    Quantity("1Gi".to_string())
+fn default_storage_size() -> String {
+    "1Gi".to_string()
 }
 
 fn default_kubeconfig_key() -> String {

@@ -4,10 +4,45 @@
 
 use crate::validate::InvalidSpec;
 
+/// One line for a Kubernetes client error: the API server's own message (never the
+/// debug dump of its `Status`), then what to do about it.
+pub fn brief(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            let message = one_line(if status.message.trim().is_empty() { &status.reason } else { &status.message });
+            let hint = match status.code {
+                401 => "; the credentials were refused: renew the token or kubeconfig",
+                403 => {
+                    "; grant these rights to the operator's ServiceAccount (the chart's RBAC, or examples/member-cluster-rbac.yaml in a member cluster)"
+                }
+                404 => "; the namespace or resource type may be missing in that cluster",
+                409 => "; another writer changed the object: retrying",
+                422 | 400 => "; correct the GeoCache's spec",
+                429 | 500.. => "; the API server is overloaded or failing: retrying",
+                _ => "",
+            };
+            format!("{message} (http {}){hint}", status.code)
+        }
+        other => {
+            let text = one_line(&other.to_string());
+            format!("{text}; check that the cluster's API server is reachable: retrying")
+        }
+    }
+}
+
+/// The first line of `text`, at most 400 characters.
+fn one_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default().trim();
+    match line.char_indices().nth(400) {
+        Some((end, _)) => format!("{}…", &line[..end]),
+        None => line.to_string(),
+    }
+}
+
 /// Failures of the dereference step: reaching a region's cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum DereferenceError {
-    #[error("failed to read kubeconfig secret {secret}: {source}")]
+    #[error("failed to read kubeconfig secret {secret}: {}", brief(.source))]
     ReadSecret {
         secret: String,
         #[source]
@@ -23,7 +58,7 @@ pub enum DereferenceError {
         #[source]
         source: kube::config::KubeconfigError,
     },
-    #[error("failed to create a client for the cluster in secret {secret}: {source}")]
+    #[error("failed to create a client for the cluster in secret {secret}: {}", brief(.source))]
     Client {
         secret: String,
         #[source]
@@ -34,20 +69,20 @@ pub enum DereferenceError {
 /// Failures of the apply step (server-side apply, sweeping removed regions).
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("failed to apply {kind} {name}: {source}")]
+    #[error("failed to apply {kind} {name}: {}", brief(.source))]
     Apply {
         kind: &'static str,
         name: String,
         #[source]
         source: kube::Error,
     },
-    #[error("failed to list {kind}: {source}")]
+    #[error("failed to list {kind}: {}", brief(.source))]
     List {
         kind: &'static str,
         #[source]
         source: kube::Error,
     },
-    #[error("failed to delete {kind} {name}: {source}")]
+    #[error("failed to delete {kind} {name}: {}", brief(.source))]
     Delete {
         kind: &'static str,
         name: String,
@@ -59,7 +94,7 @@ pub enum ApplyError {
 /// Failures of securing the nodes: the CA, the certificates and the client passwords.
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
-    #[error("failed to read secret {secret}: {source}")]
+    #[error("failed to read secret {secret}: {}", brief(.source))]
     ReadSecret {
         secret: String,
         #[source]
@@ -88,7 +123,7 @@ pub enum Error {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Security(#[from] SecurityError),
-    #[error("failed to update status: {0}")]
+    #[error("failed to update status: {}", brief(.0))]
     UpdateStatus(#[source] kube::Error),
     #[error("{count} of {total} regions failed, first {region}: {source}")]
     Regions {
@@ -182,6 +217,47 @@ mod tests {
         assert_eq!(e.category(), "kubeconfig_secret");
         assert!(!e.needs_object_change());
         assert!(CATEGORIES.contains(&e.category()));
+    }
+
+    fn api_error(code: u16, reason: &str, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            status: Some(kube::core::response::StatusSummary::Failure),
+            code,
+            message: message.into(),
+            reason: reason.into(),
+            metadata: None,
+            details: None,
+        }))
+    }
+
+    #[test]
+    fn an_api_error_reads_as_one_line_with_what_to_do_and_no_debug_dump() {
+        let source = api_error(
+            422,
+            "Invalid",
+            "StatefulSet.apps \"demo-eu\" is invalid: spec.template.spec.containers[0].resources.requests[memory]: \
+             Invalid value: \"10zz\": quantities must match the regular expression",
+        );
+        let e = Error::from(ApplyError::Apply { kind: "StatefulSet", name: "demo-eu".into(), source });
+        let text = e.to_string();
+        assert!(
+            text.starts_with("failed to apply StatefulSet demo-eu: StatefulSet.apps \"demo-eu\" is invalid"),
+            "{text}"
+        );
+        assert!(text.ends_with("(http 422); correct the GeoCache's spec"), "{text}");
+        assert!(!text.contains("ErrorResponse") && !text.contains("Status {") && !text.contains('\n'), "{text}");
+    }
+
+    #[test]
+    fn a_forbidden_error_says_which_rights_to_grant() {
+        let text = brief(&api_error(403, "Forbidden", "secrets \"x\" is forbidden: cannot get"));
+        assert!(text.contains("grant these rights"), "{text}");
+    }
+
+    #[test]
+    fn a_multi_line_message_is_cut_to_its_first_line() {
+        let text = brief(&api_error(500, "InternalError", "first line\nsecond line"));
+        assert_eq!(text, "first line (http 500); the API server is overloaded or failing: retrying");
     }
 
     #[test]

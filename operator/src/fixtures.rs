@@ -19,6 +19,7 @@ pub fn geocache(name: &str, regions: Vec<RegionSpec>) -> GeoCache {
             persistence: Persistence::default(),
             resources: None,
             security: Default::default(),
+            placement: Default::default(),
         },
     );
     gc.metadata = ObjectMeta {
@@ -45,6 +46,7 @@ pub fn region(name: &str) -> RegionSpec {
         node_selector: None,
         tolerations: None,
         cluster_domain: "cluster.local".into(),
+        placement: Default::default(),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod controller;
 pub mod crd;
 pub mod endpoints;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -11,13 +11,15 @@ use std::fmt;
 
 use geocache_node::duration::{parse_size, parse_ttl_ms};
 use geocache_node::{PeerEntry, PeersFile};
-use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 
 use crate::crd::{
     ClientService, ClusterRef, Fsync, GeoCache, IssuerRef, MAX_COMBINED_NAME_LEN, MAX_REGION_NAME_LEN, MAX_REGIONS,
-    PullPolicy, ReplicationService, ServiceType,
+    Placement, PullPolicy, ReplicationService, ServiceType,
 };
 use crate::names::{RegionNames, client_auth_secret};
 
@@ -97,6 +99,21 @@ pub struct RegionPlan {
     pub node_selector: BTreeMap<String, String>,
     pub tolerations: Vec<Toleration>,
     pub cluster_domain: String,
+    /// Placement and registry settings of the pods, resolved.
+    pub pod: PodPlan,
+}
+
+/// A region's pod settings: the region's own, else the GeoCache-wide ones, else defaults.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PodPlan {
+    /// `None`: the default (prefer one node of the region per host).
+    pub affinity: Option<Affinity>,
+    /// `None`: the default spread over zones and hosts.
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    pub priority_class_name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// A node's volume.
@@ -132,6 +149,16 @@ pub fn default_resources() -> ResourceRequirements {
     }
 }
 
+/// The names of the Secrets of the GeoCache's namespace that `spec` refers to (member
+/// clusters' kubeconfigs, the client password Secret): a change to one is a reason to
+/// reconcile.
+pub fn referenced_secrets(spec: &crate::crd::GeoCacheSpec) -> BTreeSet<String> {
+    let kubeconfigs =
+        spec.regions.iter().filter_map(|r| r.cluster.as_ref()).map(|c| c.kubeconfig_secret_ref.name.clone());
+    let password = spec.security.client_auth.password_secret_ref.as_ref().map(|r| r.name.clone());
+    kubeconfigs.chain(password).collect()
+}
+
 /// Checks `gc` and resolves its defaults.
 pub fn validate(gc: &GeoCache) -> Result<Plan, InvalidSpec> {
     let mut problems = Vec::new();
@@ -159,6 +186,13 @@ pub fn validate(gc: &GeoCache) -> Result<Plan, InvalidSpec> {
         && let Err(message) = parse_ttl_ms(retention)
     {
         problems.push(format!("tombstoneRetention: {message}"));
+    }
+    if let Some(resources) = &spec.resources {
+        quantity_problems("", resources, &mut problems);
+    }
+    placement_problems("", &spec.placement, &mut problems);
+    if !is_quantity(&spec.persistence.size) {
+        problems.push(format!("persistence.size {:?} must be a quantity such as 1Gi or 500Mi", spec.persistence.size));
     }
     if spec.regions.is_empty() {
         problems.push("at least one region is required".to_string());
@@ -202,7 +236,20 @@ pub fn validate(gc: &GeoCache) -> Result<Plan, InvalidSpec> {
         if !is_dns_subdomain(&region.cluster_domain) {
             problems.push(format!("region {name}: clusterDomain {:?} is not a DNS name", region.cluster_domain));
         }
-        let resources = region.resources.clone().or_else(|| spec.resources.clone()).unwrap_or_else(default_resources);
+        if let Some(size) = region.storage.as_ref().and_then(|s| s.size.as_deref())
+            && !is_quantity(size)
+        {
+            problems.push(format!("region {name}: storage.size {size:?} must be a quantity such as 1Gi or 500Mi"));
+        }
+        if let Some(resources) = &region.resources {
+            quantity_problems(&format!("region {name}: "), resources, &mut problems);
+        }
+        let resources = region
+            .resources
+            .as_ref()
+            .or(spec.resources.as_ref())
+            .map(crate::crd::Resources::to_requirements)
+            .unwrap_or_else(default_resources);
         if let (Ok(max_memory), Some(limit)) = (parse_size(&spec.max_memory), memory_limit(&resources))
             && max_memory >= limit
         {
@@ -215,13 +262,15 @@ pub fn validate(gc: &GeoCache) -> Result<Plan, InvalidSpec> {
         let storage = spec.persistence.enabled.then(|| {
             let overrides = region.storage.clone().unwrap_or_default();
             VolumePlan {
-                size: overrides.size.unwrap_or_else(|| spec.persistence.size.clone()),
+                size: Quantity(overrides.size.unwrap_or_else(|| spec.persistence.size.clone())),
                 storage_class_name: overrides
                     .storage_class_name
                     .or_else(|| spec.persistence.storage_class_name.clone()),
             }
         });
+        placement_problems(&format!("region {name}: "), &region.placement, &mut problems);
         regions.push(RegionPlan {
+            pod: resolve_placement(&spec.placement, &region.placement),
             name: name.clone(),
             names: RegionNames::new(&instance, name),
             replicas: region.replicas,
@@ -319,6 +368,132 @@ pub fn is_dns_label(s: &str) -> bool {
 /// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
 pub fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// A region's pod settings from the GeoCache-wide and the region's own.
+fn resolve_placement(wide: &Placement, own: &Placement) -> PodPlan {
+    let merged = |a: &Option<BTreeMap<String, String>>, b: &Option<BTreeMap<String, String>>| {
+        let mut map = a.clone().unwrap_or_default();
+        map.extend(b.clone().unwrap_or_default());
+        map
+    };
+    PodPlan {
+        affinity: own.affinity.clone().or_else(|| wide.affinity.clone()),
+        topology_spread_constraints: own
+            .topology_spread_constraints
+            .clone()
+            .or_else(|| wide.topology_spread_constraints.clone()),
+        image_pull_secrets: own
+            .image_pull_secrets
+            .clone()
+            .or_else(|| wide.image_pull_secrets.clone())
+            .unwrap_or_default(),
+        priority_class_name: own.priority_class_name.clone().or_else(|| wide.priority_class_name.clone()),
+        labels: merged(&wide.pod_labels, &own.pod_labels),
+        annotations: merged(&wide.pod_annotations, &own.pod_annotations),
+    }
+}
+
+/// The labels the operator selects and recognises its pods by.
+const RESERVED_LABELS: &[&str] =
+    &["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by", "geocache.dev/region"];
+
+/// What is wrong with a set of placement settings (`prefix` names where they are).
+fn placement_problems(prefix: &str, placement: &Placement, problems: &mut Vec<String>) {
+    for (key, value) in placement.pod_labels.iter().flatten() {
+        if RESERVED_LABELS.contains(&key.as_str()) {
+            problems.push(format!("{prefix}podLabels must not set {key}: the operator selects its pods by it"));
+        } else if !is_qualified_name(key) {
+            problems.push(format!("{prefix}podLabels key {key:?} is not a label key (an optional DNS prefix and '/', then a name of at most 63 characters)"));
+        }
+        if !is_label_value(value) {
+            problems.push(format!("{prefix}podLabels value {value:?} of {key} is not a label value (at most 63 letters, digits, '-', '_' or '.')"));
+        }
+    }
+    for key in placement.pod_annotations.iter().flatten().map(|(k, _)| k) {
+        if !is_qualified_name(key) {
+            problems.push(format!("{prefix}podAnnotations key {key:?} is not an annotation key"));
+        }
+    }
+    if let Some(class) = &placement.priority_class_name
+        && !is_dns_subdomain(class)
+    {
+        problems.push(format!("{prefix}priorityClassName {class:?} must be the name of a PriorityClass"));
+    }
+    for secret in placement.image_pull_secrets.iter().flatten() {
+        if !is_dns_subdomain(&secret.name) {
+            problems.push(format!("{prefix}imagePullSecrets name {:?} must be the name of a Secret", secret.name));
+        }
+    }
+    for c in placement.topology_spread_constraints.iter().flatten() {
+        if c.max_skew < 1 {
+            problems.push(format!("{prefix}topologySpreadConstraints maxSkew must be 1 or more, not {}", c.max_skew));
+        }
+        if !matches!(c.when_unsatisfiable.as_str(), "DoNotSchedule" | "ScheduleAnyway") {
+            problems.push(format!(
+                "{prefix}topologySpreadConstraints whenUnsatisfiable must be DoNotSchedule or ScheduleAnyway, not {:?}",
+                c.when_unsatisfiable
+            ));
+        }
+        if !is_qualified_name(&c.topology_key) {
+            problems
+                .push(format!("{prefix}topologySpreadConstraints topologyKey {:?} is not a label key", c.topology_key));
+        }
+    }
+}
+
+/// A label or annotation key: an optional DNS subdomain prefix and `/`, then a name of at
+/// most 63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit.
+pub fn is_qualified_name(key: &str) -> bool {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    prefix.is_none_or(|p| !p.is_empty() && is_dns_subdomain(p)) && !name.is_empty() && is_label_value(name)
+}
+
+/// A label value: empty, or at most 63 letters, digits, `-`, `_` or `.`, starting and
+/// ending with a letter or digit.
+pub fn is_label_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    value.is_empty()
+        || (value.len() <= 63
+            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && bytes[0].is_ascii_alphanumeric()
+            && bytes[bytes.len() - 1].is_ascii_alphanumeric())
+}
+
+/// Whether `s` is a Kubernetes quantity: a decimal number (sign and fraction allowed) with
+/// an optional binary (`Ki` … `Ei`), decimal (`n`, `u`, `m`, `k`, `M` … `E`) or exponent
+/// (`e3`, `E-2`) suffix, as the API server parses it.
+pub fn is_quantity(s: &str) -> bool {
+    let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let split = unsigned.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(unsigned.len());
+    let (number, suffix) = unsigned.split_at(split);
+    let digits = number.chars().filter(char::is_ascii_digit).count();
+    let number_ok = digits > 0 && number.matches('.').count() <= 1;
+    let suffix_ok = match suffix {
+        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E" => true,
+        s if s.starts_with(['e', 'E']) => {
+            let exponent = s[1..].strip_prefix(['+', '-']).unwrap_or(&s[1..]);
+            !exponent.is_empty() && exponent.chars().all(|c| c.is_ascii_digit())
+        }
+        _ => false,
+    };
+    number_ok && suffix_ok
+}
+
+/// Every requests and limits value of `resources` that is not a quantity.
+fn quantity_problems(prefix: &str, resources: &crate::crd::Resources, problems: &mut Vec<String>) {
+    for (kind, map) in [("requests", &resources.requests), ("limits", &resources.limits)] {
+        for (resource, value) in map.iter().flatten() {
+            if !is_quantity(value) {
+                problems.push(format!(
+                    "{prefix}resources.{kind}.{resource} {value:?} must be a quantity such as 100m, 640Mi or 2Gi"
+                ));
+            }
+        }
+    }
 }
 
 fn memory_limit(resources: &ResourceRequirements) -> Option<u64> {
@@ -482,7 +657,7 @@ spec:
         let mut gc = geocache("cache", vec![region("eu")]);
         gc.spec.persistence.enabled = true;
         gc.spec.regions[0].storage =
-            Some(crate::crd::Storage { size: Some(Quantity("5Gi".into())), storage_class_name: Some("fast".into()) });
+            Some(crate::crd::Storage { size: Some("5Gi".into()), storage_class_name: Some("fast".into()) });
         let plan = validate(&gc).unwrap();
         let storage = plan.regions[0].storage.clone().unwrap();
         assert_eq!(storage.size, Quantity("5Gi".into()));
@@ -497,5 +672,77 @@ spec:
         assert_eq!(parse_quantity_bytes("1e3"), Some(1000));
         assert_eq!(parse_quantity_bytes("12"), Some(12));
         assert_eq!(parse_quantity_bytes("lots"), None);
+    }
+
+    #[test]
+    fn quantities_are_checked_as_the_api_server_parses_them() {
+        for good in ["1", "100m", "640Mi", "1.5Gi", "+2", "0.5", ".5", "1e3", "1E-2", "2k", "3Ei"] {
+            assert!(is_quantity(good), "{good}");
+        }
+        for bad in ["10zz", "", "Mi", "1..5", "1 Gi", "1Gb", "1e", "e3", "-", "1mi"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bad_quantity_anywhere_in_resources_or_storage_is_named() {
+        let mut gc = geocache("cache", vec![region("eu")]);
+        gc.spec.resources = Some(crate::crd::Resources {
+            requests: Some(BTreeMap::from([("memory".to_string(), "10zz".to_string())])),
+            limits: None,
+        });
+        gc.spec.regions[0].storage = Some(crate::crd::Storage { size: Some("lots".into()), storage_class_name: None });
+        let problems = validate(&gc).unwrap_err().problems;
+        assert!(
+            problems.contains(
+                &"resources.requests.memory \"10zz\" must be a quantity such as 100m, 640Mi or 2Gi".to_string()
+            ),
+            "{problems:?}"
+        );
+        assert!(problems.iter().any(|p| p.contains("storage.size \"lots\" must be a quantity")), "{problems:?}");
+    }
+
+    #[test]
+    fn placement_settings_are_checked_and_name_their_region() {
+        let mut gc = geocache("cache", vec![region("eu")]);
+        gc.spec.placement.pod_labels = Some(BTreeMap::from([("app.kubernetes.io/instance".into(), "x".into())]));
+        gc.spec.regions[0].placement.priority_class_name = Some("Not_A_Name".into());
+        gc.spec.regions[0].placement.pod_labels = Some(BTreeMap::from([("team".into(), "-bad-".into())]));
+        gc.spec.regions[0].placement.topology_spread_constraints =
+            Some(vec![k8s_openapi::api::core::v1::TopologySpreadConstraint {
+                max_skew: 0,
+                topology_key: "zone".into(),
+                when_unsatisfiable: "Sometimes".into(),
+                ..Default::default()
+            }]);
+        let problems = validate(&gc).unwrap_err().problems;
+        let has = |phrase: &str| problems.iter().any(|p| p.contains(phrase));
+        assert!(has("podLabels must not set app.kubernetes.io/instance"), "{problems:?}");
+        assert!(has("region eu: priorityClassName \"Not_A_Name\""), "{problems:?}");
+        assert!(has("region eu: podLabels value \"-bad-\""), "{problems:?}");
+        assert!(has("maxSkew must be 1 or more"), "{problems:?}");
+        assert!(has("whenUnsatisfiable must be DoNotSchedule or ScheduleAnyway"), "{problems:?}");
+    }
+
+    #[test]
+    fn label_keys_and_values_follow_kubernetes_syntax() {
+        for good in ["team", "example.com/owner", "a.b-c_d"] {
+            assert!(is_qualified_name(good), "{good}");
+        }
+        for bad in ["", "/x", "Example.com/x", "x/", "-x", &"a".repeat(64)] {
+            assert!(!is_qualified_name(bad), "{bad}");
+        }
+        assert!(is_label_value("") && is_label_value("v1.2") && !is_label_value("a b"));
+    }
+
+    #[test]
+    fn the_secrets_a_spec_names_are_its_member_kubeconfigs_and_its_password_secret() {
+        let mut gc = geocache("cache", vec![region("eu"), region("us"), region("ap")]);
+        gc.spec.regions[1].cluster = Some(crate::fixtures::cluster("us-kubeconfig"));
+        gc.spec.regions[2].cluster = Some(crate::fixtures::cluster("ap-kubeconfig"));
+        gc.spec.security.client_auth.password_secret_ref =
+            Some(crate::crd::PasswordSecretRef { name: "app-passwords".into(), key: "passwords".into() });
+        let names: Vec<String> = referenced_secrets(&gc.spec).into_iter().collect();
+        assert_eq!(names, ["ap-kubeconfig", "app-passwords", "us-kubeconfig"]);
     }
 }

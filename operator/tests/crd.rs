@@ -127,9 +127,18 @@ fn the_crd_has_the_names_columns_and_status_subresource_of_the_design() {
     let version = &crd.spec.versions[0];
     assert_eq!(version.name, "v1alpha1");
     assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
-    let columns: Vec<String> =
-        version.additional_printer_columns.iter().flatten().map(|c| c.name.to_uppercase()).collect();
-    assert_eq!(columns, ["READY", "REGIONS", "MAX-LAG", "AGE"]);
+    let columns: Vec<(String, i32)> = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| (c.name.to_uppercase(), c.priority.unwrap_or(0)))
+        .collect();
+    let shown = |priority: i32| -> Vec<&str> {
+        columns.iter().filter(|(_, p)| *p <= priority).map(|(n, _)| n.as_str()).collect()
+    };
+    // `kubectl get geocaches`, then `-o wide` with each region's state.
+    assert_eq!(shown(0), ["READY", "REGIONS", "MAX-LAG", "DEGRADED", "AGE"]);
+    assert_eq!(shown(1), ["READY", "REGIONS", "MAX-LAG", "DEGRADED", "REASON", "DETAIL", "AGE"]);
 }
 
 #[test]
@@ -199,6 +208,30 @@ fn bad_objects_are_refused_by_the_api_server_rules_and_by_the_operator_alike() {
         ("ttl without unit", json!({"defaultTtl": "1 hour"}), "defaultTtl"),
         ("retention without unit", json!({"tombstoneRetention": "1 day"}), "tombstoneRetention"),
         ("unknown size unit", json!({"maxMemory": "512 parsecs"}), "maxMemory"),
+        ("bad memory request", json!({"resources": {"requests": {"memory": "10zz"}}}), "must be a quantity"),
+        ("bad cpu limit", json!({"resources": {"limits": {"cpu": "two"}}}), "must be a quantity"),
+        (
+            "bad region memory limit",
+            json!({"regions": [{"name": "eu", "resources": {"limits": {"memory": "1Gb"}}}]}),
+            "must be a quantity",
+        ),
+        ("bad volume size", json!({"persistence": {"enabled": true, "size": "big"}}), "persistence.size"),
+        ("pod label the operator owns", json!({"podLabels": {"geocache.dev/region": "x"}}), "podLabels must not set"),
+        (
+            "bad priority class",
+            json!({"regions": [{"name": "eu", "priorityClassName": "High_Priority"}]}),
+            "must be the name of a PriorityClass",
+        ),
+        (
+            "zero skew",
+            json!({"topologySpreadConstraints": [{"maxSkew": 0, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}]}),
+            "maxSkew must be 1 or more",
+        ),
+        (
+            "bad region volume size",
+            json!({"regions": [{"name": "eu", "storage": {"size": "10 gigs"}}]}),
+            "storage.size",
+        ),
     ];
     for (what, change, phrase) in cases {
         let mut object = minimal();

@@ -221,6 +221,36 @@ resource_versions() { # namespace, instance: what the operator writes (not what 
   } | sort
 }
 
+# watch_degraded NAMESPACE NAME FILE: records, in FILE, every version of the GeoCache's
+# Degraded condition ("status reason message", one line per change of the object) until
+# stop_watch is called; a watch sees every write, so a short false alarm is not missed.
+watch_degraded() {
+  # A list watch by name: it works before the object exists (a watch of the object itself
+  # would end at once with NotFound).
+  command kubectl --kubeconfig "$K" get geocaches -n "$1" --field-selector "metadata.name=$2" --watch \
+    -o 'jsonpath={.status.conditions[?(@.type=="Degraded")].status} {.status.conditions[?(@.type=="Degraded")].reason} {.status.conditions[?(@.type=="Degraded")].message}{"\n"}' \
+    >"$3" 2>/dev/null &
+  watcher=$!
+}
+stop_watch() {
+  kill "$watcher" 2>/dev/null || true
+  wait "$watcher" 2>/dev/null || true
+}
+# degraded_never_true FILE WHAT: the watch recorded versions, none Degraded=True.
+degraded_never_true() {
+  [ -s "$1" ] || fail "no status recorded while $2"
+  if grep -q '^True ' "$1"; then
+    fail "Degraded=True while $2: $(grep '^True ' "$1" | sort | uniq -c | head -5)"
+  fi
+  pass "Degraded stayed False while $2 ($(wc -l <"$1") versions of the status watched)"
+}
+
+# events NAMESPACE NAME: the GeoCache's Events, one per line: type|reason|message|count|first|last.
+events() {
+  k get events -n "$1" --field-selector "involvedObject.kind=GeoCache,involvedObject.name=$2" \
+    -o jsonpath='{range .items[*]}{.type}|{.reason}|{.message}|{.count}|{.firstTimestamp}|{.lastTimestamp}{"\n"}{end}'
+}
+
 # install_operator: the operator's chart in cluster $K, as users install it; its pod runs.
 install_operator() {
   "$("$repo/tests/helm.sh")" --kubeconfig "$K" install geocache charts/geocache-operator \
@@ -228,6 +258,14 @@ install_operator() {
   pass "helm install of charts/geocache-operator"
   wait_for "the CRD is established" 60 k wait --for condition=established crd/geocaches.geocache.dev --timeout=5s
   wait_for "the operator's pod is ready (in cluster, with its ServiceAccount's token)" 120 operator_ready
+  # Least privilege: no cert-manager rights unless certManager.enabled; no Secrets outside
+  # what the rules list (e.g. no update); the chart's names are not doubled.
+  local sa=system:serviceaccount:geocache-system:geocache-operator
+  [ "$(k auth can-i create certificates.cert-manager.io --as "$sa" -n default 2>/dev/null)" = no ] ||
+    fail "the operator may create cert-manager Certificates without certManager.enabled"
+  [ "$(k auth can-i update secrets --as "$sa" -n default 2>/dev/null)" = no ] || fail "the operator may update Secrets"
+  [ "$(k auth can-i watch secrets --as "$sa" -n default 2>/dev/null)" = yes ] || fail "the operator may not watch Secrets"
+  pass "RBAC: no cert-manager rights by default, Secrets only as the rules say (ServiceAccount geocache-operator)"
 }
 
 # --- one cluster ----------------------------------------------------------------------------
@@ -247,7 +285,8 @@ scenario_one() {
   for file in invalid-duplicate-regions:"region names must be unique" \
     invalid-negative-replicas:"replicas must be 0 or more" \
     invalid-region-name:"region name must be a DNS label" \
-    invalid-client-tls-without-peer-tls:"security.clientTls needs security.peerTls"; do
+    invalid-client-tls-without-peer-tls:"security.clientTls needs security.peerTls" \
+    invalid-resource-quantity:"each resources.requests value must be a quantity"; do
     message="${file#*:}"
     if out="$(k apply -f "$here/e2e/${file%%:*}.yaml" 2>&1)"; then
       fail "the API server accepted ${file%%:*}.yaml"
@@ -256,15 +295,26 @@ scenario_one() {
     pass "the API server refuses ${file%%:*}.yaml with: $message"
   done
 
+  watch_degraded default demo "$current_dir/degraded-create.log"
   k apply -f examples/geocache.yaml >/dev/null
   pass "kubectl apply -f examples/geocache.yaml"
   wait_for "the GeoCache is ready (2/2 regions)" 180 gc_ready default demo 2/2
 
   out="$(k get geocaches)"
   echo "$out"
-  head -1 <<<"$out" | grep -qE '^NAME +READY +REGIONS +MAX-LAG +AGE' || fail "kubectl get geocaches columns: $out"
-  grep -qE '^demo +2/2 +eu,us +[0-9]+ms ' <<<"$out" || fail "kubectl get geocaches values: $out"
-  pass "kubectl get geocaches shows READY 2/2, REGIONS eu,us and MAX-LAG"
+  head -1 <<<"$out" | grep -qE '^NAME +READY +REGIONS +MAX-LAG +DEGRADED +AGE' || fail "kubectl get geocaches columns: $out"
+  grep -qE '^demo +2/2 +eu,us +[0-9]+ms +False ' <<<"$out" || fail "kubectl get geocaches values: $out"
+  pass "kubectl get geocaches shows READY 2/2, REGIONS eu,us, MAX-LAG and DEGRADED False"
+  out="$(k get geocaches -o wide)"
+  echo "$out"
+  grep -qE '^demo +2/2 +eu,us +[0-9]+ms +False +AsExpected +eu Ready 3/3, us Ready 2/2 ' <<<"$out" ||
+    fail "kubectl get geocaches -o wide: $out"
+  pass "kubectl get geocaches -o wide shows the reason and each region's state"
+  for condition in Ready=True Reconciling=False Stalled=False; do
+    condition_is default demo "${condition%=*}" "${condition#*=}" ||
+      fail "condition $condition: $(jsonpath geocache/demo '{.status.conditions}')"
+  done
+  pass "kstatus conditions: Ready True, Reconciling False, Stalled False"
 
   local sel="app.kubernetes.io/name=geocache,app.kubernetes.io/instance=demo,app.kubernetes.io/managed-by=geocache-operator"
   [ "$(k get statefulsets -l "$sel,geocache.dev/region=eu" -o name)" = "statefulset.apps/demo-eu" ] ||
@@ -286,6 +336,17 @@ scenario_one() {
     fail "redis-cli GET through the us client Service"
   pass "redis-cli reads it through the us client Service"
 
+  # A client password Secret deleted by mistake comes back (the operator watches Secrets),
+  # with the password the nodes accept, not a new one.
+  local deleted_at
+  k delete secret demo-client-auth >/dev/null
+  deleted_at=$SECONDS
+  wait_for "the deleted client password Secret is restored" 30 \
+    eval 'test "$(password default demo 2>/dev/null)" = "$PASSWORD"'
+  log "restored within about $((SECONDS - deleted_at)) s of its deletion (resync interval: 10 s)"
+  http PUT "http://$eu:8080/v1/keys/after-restore" '{"ok":true}' >/dev/null || fail "the restored password is refused"
+  pass "the restored Secret holds the password the nodes accept"
+
   # Scale us up, with the operator's process killed midway (its container restarts, takes
   # the lease back and finishes), then down.
   local operator_pod
@@ -302,6 +363,17 @@ scenario_one() {
   k patch geocache demo --type json -p '[{"op":"replace","path":"/spec/regions/1/replicas","value":2}]' >/dev/null
   wait_for "region us scales back down to 2" 120 sts_ready default demo-us 2
   wait_for "pod demo-us-2 is gone" 60 eval 'test -z "$(k get pod demo-us-2 -o name 2>/dev/null)"'
+  wait_for "the GeoCache reports us ready with 2 nodes" 60 \
+    eval 'test "$(jsonpath geocache/demo "{.status.regions[?(@.name==\"us\")].state}")" = Ready'
+  local scaled
+  scaled="$(events default demo)"
+  local way
+  for way in "2 to 3" "3 to 2"; do
+    grep -qF "Normal|RegionScaled|region us scaled from $way nodes|" <<<"$scaled" ||
+      fail "no RegionScaled Event for us from $way nodes: $scaled"
+  done
+  if grep -q '^Warning|' <<<"$scaled"; then fail "Warning Events in a normal rollout: $scaled"; fi
+  pass "scaling is told by one Normal Event each way, and no Warning"
 
   # The pods' security context is applied: the node runs as its user, on a read-only root.
   local node_pid
@@ -310,6 +382,10 @@ scenario_one() {
   awk '$5 == "/" { print $6 }' "/proc/$node_pid/mountinfo" | grep -q '^ro' ||
     fail "demo-eu-0's root filesystem is writable: $(awk '$5 == "/"' "/proc/$node_pid/mountinfo")"
   pass "the nodes run as user 65532 on a read-only root filesystem, as their pods ask"
+
+  stop_watch
+  degraded_never_true "$current_dir/degraded-create.log" \
+    "the GeoCache was created, became ready, and region us was scaled up and down"
 
   # A killed node process restarts and catches up with what it missed.
   kill -KILL "$(container_pid default demo-eu-0)"
@@ -358,13 +434,21 @@ scenario_one() {
       eval 'reads "http://$(pod_ip default $pod):8080/v1/keys/greeting" "{\"hello\":\"world\"}"'
   done
 
-  # Removing a region cleans it up.
+  # Removing a region cleans it up, at once from the other region's peers file and status.
+  wait_for "the GeoCache is ready again after the rolling update" 120 \
+    eval 'gc_ready default demo 2/2 && condition_is default demo Degraded False'
+  watch_degraded default demo "$current_dir/degraded-remove.log"
   k patch geocache demo --type json -p '[{"op":"remove","path":"/spec/regions/1"}]' >/dev/null
   wait_for "region us is removed (no StatefulSet, Services, ConfigMap, pods)" 120 \
     eval 'test -z "$(k get statefulsets,services,configmaps,pods -l app.kubernetes.io/instance=demo,geocache.dev/region=us -o name)"'
   wait_for "the eu peers file no longer lists us" 60 \
     eval '! jsonpath configmap/demo-eu-peers "{.data.peers\.json}" | grep -q "\"us\""'
+  wait_for "a RegionDeleted Event tells region us is removed" 30 \
+    eval 'events default demo | grep -qF "Normal|RegionDeleted|region us removed: its "'
   wait_for "the GeoCache is ready with 1/1 region" 60 gc_ready default demo 1/1
+  sleep 15 # a few more looks at the nodes by the operator
+  stop_watch
+  degraded_never_true "$current_dir/degraded-remove.log" "region us was removed, and for 15 s after"
 
   # Deleting the GeoCache cleans everything.
   k delete geocache demo --wait=false >/dev/null
@@ -404,7 +488,9 @@ scenario_three() {
   k -n geocache create secret generic us-kubeconfig --from-file=kubeconfig="$current_dir/us.kubeconfig" >/dev/null
   k -n geocache create secret generic ap-kubeconfig --from-file=kubeconfig="$current_dir/ap.kubeconfig" >/dev/null
   pass "member clusters are reached with the rights of examples/member-cluster-rbac.yaml"
+  kubectl --kubeconfig "$c2" create priorityclass geocache-high --value=1000 >/dev/null
 
+  watch_degraded geocache sessions "$current_dir/degraded-create.log"
   k apply -f "$here/e2e/geocache-3-clusters.yaml" >/dev/null
   wait_for "the GeoCache is ready in three clusters (3/3 regions)" 240 gc_ready geocache sessions 3/3
   K="$c2" wait_for "region us runs in cluster 2" 5 sts_ready geocache sessions-us 2
@@ -420,6 +506,17 @@ scenario_three() {
     '{.spec.template.spec.containers[0].env[?(@.name=="GEOCACHE_TOMBSTONE_RETENTION")].value}' geocache)" = 2h ] ||
     fail "spec.tombstoneRetention reaches the nodes"
   pass "the nodes run the operator release's image by default, with spec.tombstoneRetention"
+  # Placement: region us's pods carry the default topology spread, its affinity, priority
+  # class and labels, and the GeoCache-wide pull secret and annotations.
+  local spread placed
+  spread="$(K="$c2" jsonpath pod/sessions-us-0 \
+    '{range .spec.topologySpreadConstraints[*]}{.topologyKey}/{.maxSkew}/{.whenUnsatisfiable} {end}' geocache)"
+  [ "$spread" = "topology.kubernetes.io/zone/1/ScheduleAnyway kubernetes.io/hostname/1/ScheduleAnyway " ] ||
+    fail "sessions-us-0 lacks the default topology spread: '$spread'"
+  placed="$(K="$c2" jsonpath pod/sessions-us-0 '{.spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].preference.matchExpressions[0].key}|{.spec.imagePullSecrets[*].name}|{.spec.priorityClassName}|{.spec.priority}|{.metadata.labels.team}|{.metadata.annotations.example\.com/owner}' geocache)"
+  [ "$placed" = "example.com/cache-pool|registry-credentials|geocache-high|1000|sessions|platform-team" ] ||
+    fail "sessions-us-0: affinity|pull secrets|priority class|priority|label team|annotation, got '$placed'"
+  pass "region us's pods carry the default topology spread, the spec's affinity, pull secrets, priority class, labels and annotations"
 
   # Clients speak TLS to the nodes, trusting the CA the operator publishes in each region.
   PASSWORD="$(password geocache sessions)"
@@ -454,12 +551,28 @@ scenario_three() {
   pass "the status reports every region's ready nodes (eu 2, us 2, ap 1)"
   wait_for "every region reports peers up across clusters (ap's single node: both other regions) and its lag in ms" 60 \
     regions_linked_with_lag geocache sessions 3
-  k get geocaches -n geocache
+  k get geocaches -n geocache -o wide
+  # Events read correctly for three regions: one RegionCreated each with its own message,
+  # Ready once every region serves, both timestamps and a count on each, no Warning.
+  local all_events
+  all_events="$(events geocache sessions)"
+  echo "$all_events"
+  for region in eu:2 us:2 ap:1; do
+    grep -qE "^Normal\|RegionCreated\|region ${region%:*} created with ${region#*:} nodes\|1\|[0-9TZ:-]+\|[0-9TZ:-]+$" <<<"$all_events" ||
+      fail "no RegionCreated Event of its own for region ${region%:*}: $all_events"
+  done
+  grep -qE '^Normal\|Ready\|3 of 3 regions serve \(' <<<"$all_events" || fail "no Ready Event for 3 of 3 regions: $all_events"
+  if grep -q '^Warning|' <<<"$all_events"; then fail "Warning Events while the GeoCache was created: $all_events"; fi
+  if grep -qE '\|\|' <<<"$all_events"; then fail "an Event without a count or timestamp: $all_events"; fi
+  pass "Events: RegionCreated for eu, us and ap each, Ready 3 of 3, timestamps set, no Warning"
   # ack=global, every region linked: acknowledged once every reachable region (and a majority)
   # has it, so region ap has it at once, without waiting.
   http PUT "$eu/v1/keys/cart:43?ack=global" '{"items":["pen"]}' >/dev/null || fail "PUT ?ack=global in region eu"
   reads "$ap/v1/keys/cart:43" '{"items":["pen"]}' || fail "region ap lacks a write acknowledged with ack=global"
   pass "a write acknowledged with ack=global in cluster 1 is already in cluster 3"
+
+  stop_watch
+  degraded_never_true "$current_dir/degraded-create.log" "the GeoCache was created in three clusters and used"
 
   # A node restarts from its volume.
   local pid

@@ -9,8 +9,9 @@
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
-{{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- if or (contains $name .Release.Name) (hasPrefix .Release.Name $name) }}
+{{- /* release "geocache" of chart "geocache-operator": "geocache-operator", not "geocache-geocache-operator" */}}
+{{- if contains $name .Release.Name }}{{ .Release.Name | trunc 63 | trimSuffix "-" }}{{ else }}{{ $name | trunc 63 | trimSuffix "-" }}{{ end }}
 {{- else }}
 {{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -68,26 +69,32 @@ them). Each rule says why it is needed.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["list", "watch", "create", "patch", "delete"]
-# Find a region's ready pods (whose status to read, and a node address for NodePort replication Services).
+# Find a region's ready pods (whose status to read, and a node address for NodePort replication Services);
+# watch them so that a pod becoming ready or failing updates the GeoCache's status at once.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 # Read each node's GET /v1/status (peers, replication lag) through the API server's pod proxy.
 - apiGroups: [""]
   resources: ["pods/proxy"]
   verbs: ["get"]
 # Read the kubeconfig Secrets that regions in member clusters reference (cluster.kubeconfigSecretRef);
 # keep the GeoCache's CA and client password, and each region's peer certificate and passwords
-# (read to renew only when needed, server-side applied, deleted with a removed region).
+# (read to renew only when needed, server-side applied, deleted with a removed region). Watched
+# (list + watch) so that a deleted Secret is restored, and a new kubeconfig used, in seconds:
+# the referenced names are chosen by users at run time, so no resourceNames can narrow this.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "create", "patch", "delete"]
-# With spec.security.peerTls.issuerRef: each region's cert-manager Certificate.
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+{{- if .Values.certManager.enabled }}
+# With spec.security.peerTls.issuerRef (certManager.enabled): each region's cert-manager Certificate.
 - apiGroups: ["cert-manager.io"]
   resources: ["certificates"]
   verbs: ["get", "create", "patch"]
-# Publish Events on GeoCaches; patch lets the recorder aggregate a repeated Event into a series.
-- apiGroups: ["events.k8s.io"]
+{{- end }}
+# Publish Events on GeoCaches (core v1 Events, with first and last timestamps); patch raises the
+# count of a repeated Event.
+- apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}

@@ -9,7 +9,8 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -42,7 +43,9 @@ const SECRET_MODE: i32 = 0o440;
 /// updates reach the node, which reloads the file without a restart.
 pub fn build_statefulset(plan: &Plan, region: &RegionPlan, owner: Option<&OwnerReference>) -> StatefulSet {
     let names = &region.names;
-    let pod_labels = labels(&plan.instance, &region.name);
+    // The spec's pod labels, under the operator's own (which select the pods).
+    let mut pod_labels = region.pod.labels.clone();
+    pod_labels.extend(labels(&plan.instance, &region.name));
 
     let volumes = vec![
         Volume {
@@ -141,7 +144,14 @@ pub fn build_statefulset(plan: &Plan, region: &RegionPlan, owner: Option<&OwnerR
         volumes: Some(volumes),
         node_selector: (!region.node_selector.is_empty()).then(|| region.node_selector.clone()),
         tolerations: (!region.tolerations.is_empty()).then(|| region.tolerations.clone()),
-        affinity: Some(spread_over_hosts(plan, region)),
+        affinity: Some(region.pod.affinity.clone().unwrap_or_else(|| spread_over_hosts(plan, region))),
+        topology_spread_constraints: {
+            let constraints =
+                region.pod.topology_spread_constraints.clone().unwrap_or_else(|| default_spread(plan, region));
+            (!constraints.is_empty()).then_some(constraints)
+        },
+        image_pull_secrets: (!region.pod.image_pull_secrets.is_empty()).then(|| region.pod.image_pull_secrets.clone()),
+        priority_class_name: region.pod.priority_class_name.clone(),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(NODE_UID),
@@ -179,7 +189,11 @@ pub fn build_statefulset(plan: &Plan, region: &RegionPlan, owner: Option<&OwnerR
             }),
             volume_claim_templates: claim_templates,
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: (!region.pod.annotations.is_empty()).then(|| region.pod.annotations.clone()),
+                    ..ObjectMeta::default()
+                }),
                 spec: Some(pod_spec),
             },
             ..StatefulSetSpec::default()
@@ -261,6 +275,25 @@ fn http_probe(plan: &Plan, path: &str, period_seconds: i32, failure_threshold: i
         failure_threshold: Some(failure_threshold),
         ..Probe::default()
     }
+}
+
+/// Spread a region's nodes as evenly as possible across zones, then hosts, so that losing
+/// a zone or a host loses as few of them as can be; `ScheduleAnyway`, so that a cluster
+/// with one zone or few hosts still runs them all.
+fn default_spread(plan: &Plan, region: &RegionPlan) -> Vec<TopologySpreadConstraint> {
+    ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&plan.instance, &region.name)),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
 }
 
 /// Prefer one node of a region per host, so that losing a host loses one replica.
@@ -474,5 +507,54 @@ mod tests {
         let pod = sts.spec.template.spec.unwrap();
         assert_eq!(pod.node_selector.unwrap()["zone"], "a");
         assert_eq!(pod.tolerations, None);
+    }
+
+    #[test]
+    fn by_default_a_regions_nodes_spread_across_zones_then_hosts_without_blocking_scheduling() {
+        let sts = eu_statefulset(&two_region_plan());
+        let pod = sts.spec.template.spec.unwrap();
+        let spread = pod.topology_spread_constraints.unwrap();
+        let keys: Vec<&str> = spread.iter().map(|c| c.topology_key.as_str()).collect();
+        assert_eq!(keys, ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]);
+        assert!(spread.iter().all(|c| c.max_skew == 1 && c.when_unsatisfiable == "ScheduleAnyway"));
+        assert_eq!(
+            spread[0].label_selector.as_ref().and_then(|s| s.match_labels.clone()),
+            Some(selector_labels("cache", "eu"))
+        );
+        assert!(pod.image_pull_secrets.is_none() && pod.priority_class_name.is_none());
+    }
+
+    #[test]
+    fn placement_settings_of_the_region_win_over_the_geocache_wide_ones_and_reach_the_pods() {
+        use k8s_openapi::api::core::v1::{LocalObjectReference, NodeAffinity, NodeSelector};
+        let mut gc = geocache("cache", vec![region("eu"), region("us")]);
+        gc.spec.placement.image_pull_secrets = Some(vec![LocalObjectReference { name: "registry".into() }]);
+        gc.spec.placement.priority_class_name = Some("cache-high".into());
+        gc.spec.placement.pod_labels = Some(BTreeMap::from([("team".into(), "platform".into())]));
+        gc.spec.placement.pod_annotations = Some(BTreeMap::from([("example.com/owner".into(), "platform".into())]));
+        let affinity = Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector::default()),
+                ..NodeAffinity::default()
+            }),
+            ..Affinity::default()
+        };
+        gc.spec.regions[1].placement.affinity = Some(affinity.clone());
+        gc.spec.regions[1].placement.topology_spread_constraints = Some(vec![]);
+        gc.spec.regions[1].placement.pod_labels = Some(BTreeMap::from([("team".into(), "sessions".into())]));
+        let plan = plan_of(&gc);
+        let eu = build_statefulset(&plan, &plan.regions[0], None).spec.template;
+        let us = build_statefulset(&plan, &plan.regions[1], None).spec.template;
+        let (eu_pod, us_pod) = (eu.spec.unwrap(), us.spec.unwrap());
+        assert_eq!(eu_pod.image_pull_secrets.unwrap()[0].name, "registry");
+        assert_eq!(us_pod.priority_class_name.as_deref(), Some("cache-high"));
+        assert_eq!(us_pod.affinity, Some(affinity));
+        assert!(eu_pod.affinity.unwrap().pod_anti_affinity.is_some(), "the default");
+        assert!(us_pod.topology_spread_constraints.is_none(), "an empty list turns the default off");
+        let (eu_meta, us_meta) = (eu.metadata.unwrap(), us.metadata.unwrap());
+        assert_eq!(eu_meta.labels.as_ref().unwrap()["team"], "platform");
+        assert_eq!(us_meta.labels.as_ref().unwrap()["team"], "sessions");
+        assert_eq!(us_meta.labels.as_ref().unwrap()["app.kubernetes.io/instance"], "cache");
+        assert_eq!(us_meta.annotations.unwrap()["example.com/owner"], "platform");
     }
 }

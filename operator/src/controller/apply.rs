@@ -1,6 +1,7 @@
 //! The apply step: server-side apply with the operator's one field manager, and removal
 //! of what belongs to regions that left the spec.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -60,19 +61,30 @@ pub async fn apply_workload(
 }
 
 /// Deletes the operator's objects that match `selector` (see
-/// [`crate::names::orphan_selector`]); returns how many it deleted.
-pub async fn delete_matching(client: &Client, namespace: &str, selector: &str) -> Result<usize, ApplyError> {
+/// [`crate::names::orphan_selector`]); returns how many it deleted, per region.
+pub async fn delete_matching(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+) -> Result<BTreeMap<String, usize>, ApplyError> {
+    let mut deleted = BTreeMap::new();
     // StatefulSets first: their pods stop before their Services and peers file go.
-    Ok(delete_kind::<StatefulSet>(client, namespace, selector).await?
-        + delete_kind::<PodDisruptionBudget>(client, namespace, selector).await?
-        + delete_kind::<Service>(client, namespace, selector).await?
-        + delete_kind::<ConfigMap>(client, namespace, selector).await?
-        // Only Secrets of a region (its certificate and passwords): the GeoCache-wide CA
-        // and password Secrets carry no region label.
-        + delete_kind::<Secret>(client, namespace, &format!("{selector},{LABEL_REGION}")).await?)
+    delete_kind::<StatefulSet>(client, namespace, selector, &mut deleted).await?;
+    delete_kind::<PodDisruptionBudget>(client, namespace, selector, &mut deleted).await?;
+    delete_kind::<Service>(client, namespace, selector, &mut deleted).await?;
+    delete_kind::<ConfigMap>(client, namespace, selector, &mut deleted).await?;
+    // Only Secrets of a region (its certificate and passwords): the GeoCache-wide CA
+    // and password Secrets carry no region label.
+    delete_kind::<Secret>(client, namespace, &format!("{selector},{LABEL_REGION}"), &mut deleted).await?;
+    Ok(deleted)
 }
 
-async fn delete_kind<K>(client: &Client, namespace: &str, selector: &str) -> Result<usize, ApplyError>
+async fn delete_kind<K>(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+    deleted: &mut BTreeMap<String, usize>,
+) -> Result<(), ApplyError>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + k8s_openapi::Resource
@@ -86,17 +98,17 @@ where
         .list_metadata(&ListParams::default().labels(selector))
         .await
         .map_err(|source| ApplyError::List { kind, source })?;
-    let mut deleted = 0;
     for object in list {
+        let region = object.metadata.labels.as_ref().and_then(|l| l.get(LABEL_REGION)).cloned().unwrap_or_default();
         let Some(name) = object.metadata.name else { continue };
         match api.delete(&name, &DeleteParams::background()).await {
             Ok(_) => {
-                tracing::info!(kind, namespace, name = %name, "deleted object of a removed region");
-                deleted += 1;
+                tracing::debug!(kind, namespace, name = %name, region = %region, "deleted object");
+                *deleted.entry(region).or_default() += 1;
             }
             Err(kube::Error::Api(status)) if status.is_not_found() => {}
             Err(source) => return Err(ApplyError::Delete { kind, name, source }),
         }
     }
-    Ok(deleted)
+    Ok(())
 }

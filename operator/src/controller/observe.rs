@@ -10,6 +10,7 @@ use kube::{Api, Client};
 
 use crate::error::ApplyError;
 use crate::names::{HTTP_PORT, selector_labels};
+use crate::status::PodObservation;
 use crate::validate::{Plan, RegionPlan};
 use geocache_node::StatusDocument;
 
@@ -29,6 +30,21 @@ pub async fn list_pods(client: &Client, plan: &Plan, region: &RegionPlan) -> Res
 pub fn status_path(namespace: &str, pod: &str, tls: bool) -> String {
     let scheme = if tls { "https:" } else { "" };
     format!("/api/v1/namespaces/{namespace}/pods/{scheme}{pod}:{HTTP_PORT}/proxy/v1/status")
+}
+
+/// What the status needs of a pod: readiness, restarts, why its container waits.
+pub fn pod_observation(pod: &Pod) -> PodObservation {
+    let container = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first());
+    PodObservation {
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        ready: is_ready(pod),
+        restarts: container.map(|c| c.restart_count).unwrap_or(0),
+        waiting: container
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.reason.clone()),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+    }
 }
 
 fn is_ready(pod: &Pod) -> bool {
@@ -60,11 +76,11 @@ pub async fn node_statuses(
         let request = request.body(Vec::new());
         let request = match request {
             Ok(r) => r,
-            Err(e) => return Err(format!("{pod}: {e}")),
+            Err(e) => return Err(format!("{pod}: cannot build the request: {e}")),
         };
         match tokio::time::timeout(timeout, client.request_text(request)).await {
             Err(_) => Err(format!("{pod}: no answer within {}s", timeout.as_secs())),
-            Ok(Err(e)) => Err(format!("{pod}: {e}")),
+            Ok(Err(e)) => Err(format!("{pod}: {}", crate::error::brief(&e))),
             Ok(Ok(body)) => crate::parse_node_status(body.as_bytes())
                 .map_err(|e| format!("{pod}: status document does not parse: {e}")),
         }

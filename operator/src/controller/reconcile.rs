@@ -17,19 +17,20 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::Context;
 use super::apply::{apply_services, apply_workload, delete_matching};
-use super::observe::{list_pods, node_statuses};
+use super::observe::{list_pods, node_statuses, pod_observation};
 use crate::build::{build_region_services, build_region_workload, peers_file};
 use crate::crd::{ClusterRef, FIELD_MANAGER, FINALIZER, GeoCache, GeoCacheStatus, ORPHAN_ANNOTATION};
 use crate::endpoints::{endpoints_seen_from, observed_endpoint, public_endpoint};
 use crate::error::{DereferenceError, Error};
 use crate::names::orphan_selector;
-use crate::status::{RegionObservation, compute_status, invalid_status, transitions};
+use crate::status::{
+    RegionObservation, compute_status, invalid_status, materially_different, peers_seen_down, transitions,
+};
 use crate::validate::{Plan, validate};
 
 fn object_key(meta: &kube::api::ObjectMeta) -> String {
@@ -102,20 +103,13 @@ fn now() -> Time {
 }
 
 async fn publish(ctx: &Context, reference: &ObjectReference, warning: bool, reason: &str, note: &str) {
-    let event = Event {
-        type_: if warning { EventType::Warning } else { EventType::Normal },
-        reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".to_string(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, reference).await {
-        tracing::warn!(reason, error = %error, "failed to publish event");
+    if let Err(error) = ctx.events.publish(reference, warning, reason, note).await {
+        tracing::warn!(reason, error = %crate::error::brief(&error), "failed to publish event");
     }
 }
 
 /// Writes `status` when it differs from what is stored, and publishes the Events of the
-/// transitions between the two.
+/// transitions between the two (and logs regions created and scaled).
 async fn write_status(ctx: &Context, gc: &GeoCache, status: GeoCacheStatus) -> Result<(), Error> {
     if gc.status.as_ref() == Some(&status) {
         return Ok(());
@@ -130,7 +124,11 @@ async fn write_status(ctx: &Context, gc: &GeoCache, status: GeoCacheStatus) -> R
         .await
         .map_err(Error::UpdateStatus)?;
     let reference = gc.object_ref(&());
+    let instance = gc.name_any();
     for notice in transitions(gc.status.as_ref(), &status) {
+        if let Some(region) = &notice.region {
+            tracing::info!(instance = %instance, region = %region, reason = notice.reason, "{}", notice.note);
+        }
         publish(ctx, &reference, notice.warning, notice.reason, &notice.note).await;
     }
     Ok(())
@@ -147,6 +145,7 @@ struct RegionRun {
 
 async fn apply(gc: Arc<GeoCache>, ctx: &Context) -> Result<Action, Error> {
     let now = now();
+    let key = object_key(&gc.metadata);
     // validate
     let plan = match validate(&gc) {
         Ok(plan) => plan,
@@ -265,7 +264,9 @@ async fn apply(gc: Arc<GeoCache>, ctx: &Context) -> Result<Action, Error> {
             RegionObservation {
                 name: region.name.clone(),
                 replicas: region.replicas,
+                node_ids: (0..region.replicas).map(|ordinal| region.names.pod_name(ordinal)).collect(),
                 statefulset: run.and_then(|r| r.statefulset.clone()),
+                pods: run.map(|r| r.pods.iter().map(pod_observation).collect()).unwrap_or_default(),
                 endpoint_pending: endpoint.is_none() && needed_elsewhere,
                 endpoint,
                 nodes,
@@ -273,11 +274,13 @@ async fn apply(gc: Arc<GeoCache>, ctx: &Context) -> Result<Action, Error> {
             }
         })
         .collect();
-    let status = compute_status(gc.metadata.generation, gc.status.as_ref(), &observations, member_clusters, now);
-    let converging = status.conditions.iter().any(|c| {
-        (c.type_ == crate::status::PROGRESSING && c.status == "True")
-            || (c.type_ == crate::status::READY && c.status != "True")
-    });
+    let grace = i64::try_from(ctx.settings.peer_down_grace.as_secs()).unwrap_or(i64::MAX);
+    let (peers_down, peers_pending) =
+        ctx.with_peer_watch(&key, |watch| watch.confirm(peers_seen_down(&observations), now.0.as_second(), grace));
+    let status =
+        compute_status(gc.metadata.generation, gc.status.as_ref(), &observations, &peers_down, member_clusters, now);
+    let converging = status.conditions.iter().any(|c| c.type_ == crate::status::RECONCILING && c.status == "True");
+    let changed = materially_different(gc.status.as_ref(), &status);
     write_status(ctx, &gc, status).await?;
 
     // forget the clients of clusters that failed, so the next attempt starts afresh
@@ -296,7 +299,17 @@ async fn apply(gc: Arc<GeoCache>, ctx: &Context) -> Result<Action, Error> {
     if let Some(error) = sweep_error {
         return Err(error);
     }
-    Ok(Action::requeue(if converging { ctx.settings.requeue_progressing } else { ctx.settings.requeue_stable }))
+    // Look again soon after a change (the nodes' view settles within seconds), when a peer
+    // seen down may become a failure, and while converging; else at the resync interval.
+    let settings = &ctx.settings;
+    let next = if changed || peers_pending {
+        settings.requeue_settling
+    } else if converging {
+        settings.requeue_progressing
+    } else {
+        settings.requeue_stable
+    };
+    Ok(Action::requeue(next))
 }
 
 /// Deletes the objects of regions no longer wanted in each cluster the GeoCache uses or
@@ -343,8 +356,17 @@ async fn sweep_removed_regions(
             },
         };
         match delete_matching(&client, &plan.namespace, &selector).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(instance = %plan.instance, deleted, "deleted objects of removed regions"),
+            Ok(deleted) => {
+                let place = match &cluster {
+                    Some(c) => format!("the cluster of kubeconfig secret {}", c.kubeconfig_secret_ref.name),
+                    None => "this cluster".to_string(),
+                };
+                for (region, objects) in deleted {
+                    tracing::info!(instance = %plan.instance, region = %region, objects, cluster = %place, "region removed");
+                    let note = format!("region {region} removed: its {objects} objects in {place} deleted");
+                    publish(ctx, &reference, false, "RegionDeleted", &note).await;
+                }
+            }
             Err(e) => {
                 remembered.extend(cluster.clone());
                 first_error.get_or_insert(Error::from(e));
@@ -360,6 +382,7 @@ async fn cleanup(gc: Arc<GeoCache>, ctx: &Context) -> Result<Action, Error> {
     let reference = gc.object_ref(&());
     let namespace = gc.namespace().unwrap_or_default();
     let instance = gc.name_any();
+    ctx.forget_peer_watch(&object_key(&gc.metadata));
     if gc.annotations().get(ORPHAN_ANNOTATION).is_some_and(|v| v == "true") {
         let note = format!("{ORPHAN_ANNOTATION}=true: objects in member clusters are left behind");
         publish(ctx, &reference, false, "OrphanedRemoteResources", &note).await;

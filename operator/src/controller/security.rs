@@ -89,10 +89,19 @@ pub async fn prepare(client: &Client, plan: &Plan, owner: Option<&OwnerReference
             let text = match get_secret(client, ns, &auth.secret).await? {
                 Some(secret) => secret.data.as_ref().and_then(|d| d.get(&auth.key)).map(|b| b.0.clone()),
                 None if auth.generated => {
-                    let password = random_password().map_err(SecurityError::from)?;
+                    // Deleted by mistake: the regions of this cluster still hold the password
+                    // clients use; restore it rather than lock them out with a new one.
+                    let (password, restored) = match password_in_local_regions(client, plan).await? {
+                        Some(password) => (password, true),
+                        None => (random_password().map_err(SecurityError::from)?, false),
+                    };
                     let secret = build_generated_password_secret(plan, &auth.secret, &auth.key, &password, owner);
                     apply_object(client, ns, &secret).await?;
-                    tracing::info!(instance = %plan.instance, secret = %auth.secret, "made a client password");
+                    if restored {
+                        tracing::info!(instance = %plan.instance, secret = %auth.secret, "restored the deleted client password secret");
+                    } else {
+                        tracing::info!(instance = %plan.instance, secret = %auth.secret, "made a client password");
+                    }
                     Some(password.into_bytes())
                 }
                 None => {
@@ -109,6 +118,20 @@ pub async fn prepare(client: &Client, plan: &Plan, owner: Option<&OwnerReference
         }
     };
     Ok(Prepared { ca, passwords })
+}
+
+/// The password the nodes of a region in the operator's cluster accept first, if any.
+async fn password_in_local_regions(client: &Client, plan: &Plan) -> Result<Option<String>, SecurityError> {
+    for region in plan.regions.iter().filter(|r| r.cluster.is_none()) {
+        let secret = get_secret(client, &plan.namespace, &region.names.client_auth).await?;
+        let found = secret
+            .and_then(|s| s.data)
+            .and_then(|d| d.get(crate::names::PASSWORDS_KEY).and_then(|b| first_password(&b.0)));
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
 }
 
 /// Applies a region's certificates (issued again only when needed), the CA its clients

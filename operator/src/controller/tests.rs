@@ -170,6 +170,8 @@ async fn a_region_is_applied_services_first_then_peers_file_statefulset_and_budg
             "GET /api/v1/namespaces/default/secrets/cache-ca",
             "PATCH /api/v1/namespaces/default/secrets/cache-ca",
             "GET /api/v1/namespaces/default/secrets/cache-client-auth",
+            // Not there yet: does a region of this cluster hold the password (deleted by mistake)?
+            "GET /api/v1/namespaces/default/secrets/cache-eu-client-auth",
             "PATCH /api/v1/namespaces/default/secrets/cache-client-auth",
             "PATCH /api/v1/namespaces/default/services/cache-eu-peers",
             "PATCH /api/v1/namespaces/default/services/cache-eu",
@@ -188,7 +190,7 @@ async fn a_region_is_applied_services_first_then_peers_file_statefulset_and_budg
             "GET /api/v1/namespaces/default/configmaps",
             "GET /api/v1/namespaces/default/secrets",
             &format!("PATCH {GC_PATH}/status"),
-            "POST /apis/events.k8s.io/v1/namespaces/default/events",
+            "POST /api/v1/namespaces/default/events",
         ]
     );
     let calls = api.calls();
@@ -203,7 +205,9 @@ async fn a_region_is_applied_services_first_then_peers_file_statefulset_and_budg
     assert_eq!(status["ready"], "0/1");
     assert_eq!(status["observedGeneration"], 1);
     assert_eq!(calls.last().unwrap().body["reason"], "RegionCreated");
-    assert_eq!(action, Action::requeue(Settings::default().requeue_progressing));
+    assert_eq!(calls.last().unwrap().body["message"], "region eu created with 3 nodes");
+    // A new status: look again soon, when the nodes' view has settled.
+    assert_eq!(action, Action::requeue(Settings::default().requeue_settling));
 }
 
 #[tokio::test]
@@ -239,10 +243,7 @@ async fn an_invalid_spec_is_reported_in_status_and_events_and_nothing_is_applied
     let ctx = context(&api);
     let error = reconcile(guard(gc.clone()), ctx.clone()).await.unwrap_err();
     assert_eq!(error.category(), "invalid_spec");
-    assert_eq!(
-        api.lines(),
-        vec![format!("PATCH {GC_PATH}/status"), "POST /apis/events.k8s.io/v1/namespaces/default/events".into()]
-    );
+    assert_eq!(api.lines(), vec![format!("PATCH {GC_PATH}/status"), "POST /api/v1/namespaces/default/events".into()]);
     let status = status_patch(&api).unwrap();
     let degraded = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Degraded").unwrap();
     assert_eq!(degraded["reason"], "InvalidSpec");
@@ -307,7 +308,7 @@ async fn node_status_is_read_through_the_pod_proxy_of_ready_pods() {
                 StatusCode::OK,
                 json!({"node_id": "cache-eu-0", "region": "eu", "version": "0.1.0", "uptime_s": 5, "keys": 1,
                        "memory_bytes": 10, "ready": true,
-                       "peers": [{"node_id": "cache-us-0", "region": "us", "addr": "x:7946", "state": "up",
+                       "peers": [{"node_id": "cache-eu-1", "region": "eu", "addr": "x:7946", "state": "up",
                                   "last_seen_ms_ago": 3, "lag": {"writes": 1, "ms": 42}}]}),
             )
         })
@@ -337,7 +338,7 @@ async fn deleting_a_geocache_whose_member_cluster_secret_is_gone_releases_the_fi
         api.lines(),
         vec![
             "GET /api/v1/namespaces/default/secrets/us-kubeconfig".to_string(),
-            "POST /apis/events.k8s.io/v1/namespaces/default/events".to_string(),
+            "POST /api/v1/namespaces/default/events".to_string(),
             format!("PATCH {GC_PATH}"),
         ]
     );
@@ -372,7 +373,8 @@ async fn a_member_cluster_that_cannot_be_reached_keeps_the_finalizer_and_says_ho
     assert!(matches!(error, crate::Error::Cleanup(_)), "{error}");
     let event = api.calls().into_iter().find(|c| c.path.ends_with("/events")).unwrap();
     assert_eq!(event.body["reason"], "CleanupFailed");
-    assert!(event.body["note"].as_str().unwrap().contains(ORPHAN_ANNOTATION));
+    assert!(event.body["message"].as_str().unwrap().contains(ORPHAN_ANNOTATION));
+    assert!(event.body["lastTimestamp"].is_string() && event.body["count"] == 1, "{}", event.body);
     assert!(!api.lines().contains(&format!("PATCH {GC_PATH}")), "the finalizer stays");
 }
 
@@ -525,4 +527,25 @@ async fn a_missing_password_secret_is_reported_and_nothing_is_applied() {
     assert!(!lines.iter().any(|l| l.contains("statefulsets")), "{lines:#?}");
     let event = api.calls().into_iter().find(|c| c.path.ends_with("/events")).unwrap();
     assert_eq!(event.body["reason"], "SecurityFailed");
+}
+
+#[tokio::test]
+async fn a_deleted_client_password_secret_is_restored_with_the_password_the_nodes_accept() {
+    let api = FakeApi::with(|call| {
+        (call.method == "GET" && call.path == "/api/v1/namespaces/default/secrets/cache-eu-client-auth").then(|| {
+            (
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": "cache-eu-client-auth", "namespace": "default"},
+                       "data": {"passwords": base64("s3cret\nold\n")}}),
+            )
+        })
+    });
+    run(&api, finalized(geocache("cache", vec![region("eu")]))).await.unwrap();
+    let restored = api
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "PATCH" && c.path == "/api/v1/namespaces/default/secrets/cache-client-auth")
+        .expect("the password Secret is applied again");
+    assert_eq!(restored.body["data"]["password"], base64("s3cret"));
 }
