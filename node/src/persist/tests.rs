@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use super::recovery::{PARALLEL_REPLAY_MIN_BYTES, read_shard_index};
 use super::*;
 use crate::clock::Hlc;
 use crate::db::{Db, Expiry, Limits};
