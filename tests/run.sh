@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of GeoCache. It installs what the tests need when it is missing
 # (Debian's redis-tools for the real redis-cli, shellcheck; helm, etcd and Kubernetes
-# v1.37.2 built with Go into ~/.cache/geocache), then runs the workspace's tests, lints the
-# chart and the shell scripts, runs the end-to-end tier against real control planes, and
+# v1.37.2 built with Go into ~/.cache/geocache), then checks formatting and clippy's lints, runs
+# the workspace's tests, lints the chart and the shell scripts, runs the end-to-end tier against real control planes, and
 # last the kind tier: the three-cluster scenario on kind, real containers from our
 # Dockerfiles (tests/e2e/kind/run.sh; offline Docker engine in a network namespace of its
 # own, everything built here and cached in ~/.cache/geocache: about 25 min on a fresh
@@ -66,6 +66,12 @@ fi
 
 step "formatting (cargo fmt --check)"
 cargo fmt --all -- --check
+
+# Lints: clippy's defaults, and the workspace lints that keep unwrap, expect and panic out of
+# the node's and the operator's non-test code (Cargo.toml, clippy.toml).
+step "lints (cargo clippy --workspace --all-targets -D warnings)"
+cargo clippy --version >/dev/null 2>&1 || { echo "clippy is missing: rustup component add clippy" >&2; exit 1; }
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "unit, property and process tests (cargo test --workspace)"
 cargo test --workspace --locked --all-targets
