@@ -165,20 +165,9 @@ async fn run_scope(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutd
     let geocaches = controller.store();
     controller
         .watches(api_in::<PartialObjectMeta<Secret>>(client, ns), watcher::Config::default(), move |secret| {
-            let namespace = secret.metadata.namespace.clone().unwrap_or_default();
-            let name = secret.metadata.name.clone().unwrap_or_default();
-            let instance = secret.metadata.labels.as_ref().and_then(|l| l.get(LABEL_INSTANCE)).cloned();
-            geocaches
-                .state()
-                .into_iter()
-                .filter_map(|guard| guard.0.as_ref().ok().cloned())
-                .filter(|gc| {
-                    gc.namespace().as_deref() == Some(namespace.as_str())
-                        && (instance.as_deref() == Some(gc.name_any().as_str())
-                            || crate::validate::referenced_secrets(&gc.spec).contains(&name))
-                })
-                .map(|gc| ObjectRef::new(&gc.name_any()).within(&namespace))
-                .collect::<Vec<_>>()
+            let known: Vec<GeoCache> =
+                geocaches.state().iter().filter_map(|guard| guard.0.as_ref().ok().cloned()).collect();
+            geocaches_of_secret(&secret.metadata, &known)
         })
         .owns(api_in::<StatefulSet>(client, ns), owned.clone())
         .owns(api_in::<Service>(client, ns), owned.clone())
@@ -205,6 +194,24 @@ async fn run_scope(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutd
         })
         .await;
     tracing::info!(namespace = ns.unwrap_or("*"), "controller stopped");
+}
+
+/// The GeoCaches a Secret matters to: the one whose instance label it carries (the CA, the
+/// client password and the regions' Secrets the operator made), and those whose spec names
+/// it (member kubeconfigs, `passwordSecretRef`), in its namespace.
+fn geocaches_of_secret(
+    secret: &kube::api::ObjectMeta,
+    geocaches: &[GeoCache],
+) -> Vec<ObjectRef<DeserializeGuard<GeoCache>>> {
+    let namespace = secret.namespace.clone().unwrap_or_default();
+    let name = secret.name.clone().unwrap_or_default();
+    let instance = secret.labels.as_ref().and_then(|l| l.get(LABEL_INSTANCE));
+    geocaches
+        .iter()
+        .filter(|gc| gc.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|gc| instance == Some(&gc.name_any()) || crate::validate::referenced_secrets(&gc.spec).contains(&name))
+        .map(|gc| ObjectRef::new(&gc.name_any()).within(&namespace))
+        .collect()
 }
 
 /// The GeoCache an object of the operator belongs to, by its instance label.

@@ -549,3 +549,26 @@ async fn a_deleted_client_password_secret_is_restored_with_the_password_the_node
         .expect("the password Secret is applied again");
     assert_eq!(restored.body["data"]["password"], base64("s3cret"));
 }
+
+#[test]
+fn a_secret_maps_to_the_geocaches_that_own_or_name_it_in_its_namespace() {
+    use kube::api::ObjectMeta;
+    let mut named = geocache("orders", vec![region("eu"), region("us")]);
+    named.spec.regions[1].cluster = Some(cluster("us-kubeconfig"));
+    let owner = geocache("cache", vec![region("eu")]);
+    let geocaches = vec![named, owner];
+    let secret = |name: &str, namespace: &str, instance: Option<&str>| ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        labels: instance
+            .map(|i| std::collections::BTreeMap::from([("app.kubernetes.io/instance".to_string(), i.to_string())])),
+        ..ObjectMeta::default()
+    };
+    let names = |meta: ObjectMeta| -> Vec<String> {
+        super::geocaches_of_secret(&meta, &geocaches).into_iter().map(|r| r.name).collect()
+    };
+    assert_eq!(names(secret("us-kubeconfig", "default", None)), ["orders"]);
+    assert_eq!(names(secret("cache-client-auth", "default", Some("cache"))), ["cache"]);
+    assert!(names(secret("us-kubeconfig", "elsewhere", None)).is_empty(), "another namespace");
+    assert!(names(secret("unrelated", "default", None)).is_empty());
+}
