@@ -295,6 +295,27 @@ scenario_one() {
     pass "the API server refuses ${file%%:*}.yaml with: $message"
   done
 
+  # A spec the CRD admits but whose StatefulSet the API server refuses: reported in one line
+  # (the API server's words and what to do, no dump of its error object), stalled, and no
+  # Event says the region was created.
+  k apply -f "$here/e2e/failing-affinity.yaml" >/dev/null
+  wait_for "a StatefulSet the API server refuses stalls and degrades the GeoCache" 60 \
+    eval 'condition_is default failing Stalled True && condition_is default failing Degraded True'
+  local degraded failing_events
+  degraded="$(jsonpath geocache/failing '{.status.conditions[?(@.type=="Degraded")].message}')"
+  [[ "$degraded" == "eu: failed to apply StatefulSet failing-eu: "*"(http 422); correct the GeoCache's spec" ]] ||
+    fail "the failure is not one line with what to do: $degraded"
+  if grep -qE 'ErrorResponse|Status \{|\(Status|\{ status' <<<"$degraded"; then fail "a raw API error in the status: $degraded"; fi
+  wait_for "a ReconcileFailed Warning tells it" 30 \
+    eval 'events default failing | grep -qF "Warning|ReconcileFailed|eu: failed to apply StatefulSet failing-eu: "'
+  failing_events="$(events default failing)"
+  if grep -q 'RegionCreated' <<<"$failing_events"; then fail "a region that failed was announced as created: $failing_events"; fi
+  [ "$(jsonpath geocache/failing '{.status.regions[0].state}')" = Pending ] ||
+    fail "region eu of the failing GeoCache is not Pending: $(jsonpath geocache/failing '{.status.regions}')"
+  pass "a refused StatefulSet: Stalled and Degraded in one line with what to do, a Warning, no RegionCreated"
+  k delete geocache failing --wait=false >/dev/null
+  wait_for "the failing GeoCache is deleted" 60 eval 'test -z "$(k get geocache failing -o name 2>/dev/null)"'
+
   watch_degraded default demo "$current_dir/degraded-create.log"
   k apply -f examples/geocache.yaml >/dev/null
   pass "kubectl apply -f examples/geocache.yaml"
