@@ -5,8 +5,8 @@
 # the workspace's tests, lints the chart and the shell scripts, runs the end-to-end tier against real control planes, and
 # last the kind tier: the three-cluster scenario on kind, real containers from our
 # Dockerfiles (tests/e2e/kind/run.sh; offline Docker engine in a network namespace of its
-# own, everything built here and cached in ~/.cache/geocache: about 25 min on a fresh
-# machine, 6 min warm, see tests/e2e/kind/README.md).
+# own, everything built here and cached in ~/.cache/geocache: 30 min on a fresh machine of
+# 2 cores shared with other work, 5.5 min warm, see tests/e2e/kind/README.md).
 # Usage: tests/run.sh            (from anywhere in the repository; as root for both e2e tiers)
 # GEOCACHE_SKIP_E2E=1 skips the end-to-end tier (it needs root: network namespaces);
 # GEOCACHE_SKIP_KIND=1 skips the kind tier (it runs by default as root; not run otherwise).

@@ -110,7 +110,8 @@ JSON
   fi
   # `ip netns exec` would remount /sys and hide the cgroup mounts ("Devices cgroup isn't
   # mounted"); nsenter enters the network namespace alone. setsid: the engine outlives
-  # this script, and a Ctrl-C in the caller's terminal does not reach it.
+  # this script, and a Ctrl-C in the caller's terminal does not reach it. Without fd 8: the
+  # lock of run.sh (one run at a time) must not outlive the run in dockerd.
   DOCKER_HOST="" nsenter --net="$netns_file" -- setsid dockerd \
     --config-file "$config" \
     --data-root "$engine_dir/data" \
@@ -119,7 +120,7 @@ JSON
     -H "unix://$engine_sock" \
     --storage-driver overlay2 \
     --log-level warn \
-    </dev/null >"$log" 2>&1 &
+    </dev/null >"$log" 2>&1 8>&- &
   local deadline=$((SECONDS + 60))
   until in_netns /usr/bin/docker version >/dev/null 2>&1; do
     if [ "$SECONDS" -ge "$deadline" ]; then

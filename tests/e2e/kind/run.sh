@@ -127,6 +127,15 @@ run_local() {
   trap 'exit 130' INT
   trap 'exit 143' TERM
 
+  # One run at a time per machine: the engine's namespace, socket and exec root are the same
+  # for every user and HOME. /run is a tmpfs: no stale lock survives a reboot, and the lock
+  # goes with the process that holds it.
+  exec 8>>/run/geocache-kind.lock
+  if ! flock -n 8; then
+    echo "another run of the kind tier holds the engine (/run/geocache-kind.lock); waiting up to $(left)s"
+    flock -w "$(left)" 8 || die "the engine stayed busy for KIND_TIMEOUT (${KIND_TIMEOUT}s)"
+  fi
+
   step "Debian packages of the local engine (prepare.sh packages)"
   "$here/prepare.sh" packages
   net_state >"$state/net.before"
