@@ -46,7 +46,7 @@ use crate::metrics::Metrics;
 use crate::replication::{Positions, StreamId};
 use crate::store::{Origin, OriginId, OriginTable, RecordRef, Store};
 
-use recovery::{Listing, SnapshotLoad};
+use recovery::{Listing, Recovery, SnapshotLoad};
 
 /// A position in the log stream of this process (bytes appended since start).
 pub type Lsn = u64;
@@ -208,20 +208,16 @@ impl Persist {
         let lock = recovery::lock_data_dir(&dir)?;
         let Listing { segments, snapshots } = recovery::list_data_dir(&dir)?;
         let local = origins.local();
-        let mut report = RecoveryReport::default();
-        let mut positions = Positions::new();
+        let mut recovery = Recovery {
+            dir: &dir,
+            origins: &origins,
+            local_node: &local.node_id,
+            positions: Positions::new(),
+            report: RecoveryReport::default(),
+        };
         let mut snapshot = SnapshotLoad { first_segment: 0, bytes: 0 };
         if let Some((&newest, older)) = snapshots.split_last() {
-            snapshot = recovery::load_snapshot(
-                &dir,
-                newest,
-                &origins,
-                &local.node_id,
-                &mut positions,
-                &mut report,
-                &mut reserve,
-                &apply,
-            )?;
+            snapshot = recovery.load_snapshot(newest, &mut reserve, &apply)?;
             // Older snapshots are superseded (a crash can leave one behind).
             for &old in older {
                 let _ = fs::remove_file(snapshot_path(&dir, old));
@@ -229,16 +225,8 @@ impl Persist {
         }
         let first_segment = snapshot.first_segment;
         let to_replay: Vec<u64> = segments.iter().copied().filter(|&id| id >= first_segment).collect();
-        let log_bytes = recovery::replay_log(
-            &dir,
-            &to_replay,
-            &origins,
-            &local.node_id,
-            &mut positions,
-            &mut report,
-            &mut reserve,
-            &apply,
-        )?;
+        let log_bytes = recovery.replay_log(&to_replay, &mut reserve, &apply)?;
+        let Recovery { positions, mut report, .. } = recovery;
         // Segments older than the snapshot are covered by it.
         for &id in segments.iter().filter(|&&id| id < first_segment) {
             let _ = fs::remove_file(segment_path(&dir, id));

@@ -379,120 +379,128 @@ pub(super) struct SnapshotLoad {
     pub(super) bytes: u64,
 }
 
-/// Loads snapshot `snap` through `apply` (its shards in parallel when it has an index),
-/// after sizing the store for the records its header counts. A damaged header is
-/// reported and the snapshot skipped.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn load_snapshot(
-    dir: &Path,
-    snap: u64,
-    origins: &OriginTable,
-    local_node: &str,
-    positions: &mut Positions,
-    report: &mut RecoveryReport,
-    reserve: &mut impl FnMut(u64),
-    apply: &(impl Fn(RecordRef<'_>) + Sync),
-) -> Result<SnapshotLoad, PersistError> {
-    let path = snapshot_path(dir, snap);
-    let read_err = |source| PersistError::Read { path: path.clone(), source };
-    let mut file = File::open(&path).map_err(read_err)?;
-    let snapshot_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut header = [0u8; 28];
-    let got = read_full(&mut file, &mut header[..8]).map_err(read_err)?;
-    // v2 counts its records; v1 (the same without the count) is still read.
-    let (header_len, counted) = match &header[..8] {
-        m if got == 8 && m == SNAPSHOT_MAGIC => (28, true),
-        m if got == 8 && m == SNAPSHOT_MAGIC_V1 => (20, false),
-        _ => (0, false),
-    };
-    let mut positions_bytes = Vec::new();
-    let header_ok =
-        header_len > 0 && read_full(&mut file, &mut header[8..header_len]).map_err(read_err)? == header_len - 8 && {
-            let at = header_len - 4;
-            let len = u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]) as usize;
-            positions_bytes.resize(len.min(record::MAX_PAYLOAD), 0);
-            read_full(&mut file, &mut positions_bytes).map_err(read_err)? == len
-        };
-    let Some(Ok((p, _))) = header_ok.then(|| Positions::decode(&positions_bytes)) else {
-        report.corruptions.push(Corruption {
-            file: path.clone(),
-            offset: 0,
-            skipped_bytes: snapshot_bytes,
-            reason: "snapshot header is damaged".into(),
-        });
-        return Ok(SnapshotLoad { first_segment: 0, bytes: snapshot_bytes });
-    };
-    let first_segment = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
-    if counted {
-        // The header has no checksum: never believe more records than the file could
-        // hold (each takes well over 16 bytes).
-        let count = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default());
-        reserve(count.min(snapshot_bytes / 16));
-    }
-    *positions = p;
-    let start = (header_len + positions_bytes.len()) as u64;
-    let ranges = read_shard_index(&mut file, start, snapshot_bytes).map_err(read_err)?;
-    let (n, corruptions) = match ranges {
-        Some(ranges) if ranges.len() > 1 => load_ranges(&path, &ranges, origins, local_node, positions, apply)?,
-        _ => {
-            file.seek(io::SeekFrom::Start(start)).map_err(read_err)?;
-            let (n, c) = replay_records(
-                &path,
-                file,
-                start,
-                snapshot_bytes,
-                origins,
-                local_node,
-                true,
-                positions,
-                &mut |record, _| apply(record),
-            )?;
-            (n, c.into_iter().collect())
-        }
-    };
-    report.snapshot_records = n;
-    report.corruptions.extend(corruptions);
-    Ok(SnapshotLoad { first_segment, bytes: snapshot_bytes })
+/// What every step of recovery reads, and where it records what it found.
+pub(super) struct Recovery<'a> {
+    pub(super) dir: &'a Path,
+    pub(super) origins: &'a OriginTable,
+    pub(super) local_node: &'a str,
+    /// Replication positions reached by what was applied so far.
+    pub(super) positions: Positions,
+    pub(super) report: RecoveryReport,
 }
 
-/// Replays the log segments `ids` through `apply`: on one thread per core (each owning
-/// a part of the keys) when the log is big enough for that to pay. Returns the bytes of
-/// log kept.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn replay_log(
-    dir: &Path,
-    ids: &[u64],
-    origins: &OriginTable,
-    local_node: &str,
-    positions: &mut Positions,
-    report: &mut RecoveryReport,
-    reserve: &mut impl FnMut(u64),
-    apply: &(impl Fn(RecordRef<'_>) + Sync),
-) -> Result<u64, PersistError> {
-    let replay_bytes: u64 = ids.iter().map(|&id| fs::metadata(segment_path(dir, id)).map_or(0, |m| m.len())).sum();
-    let big = replay_bytes >= PARALLEL_REPLAY_MIN_BYTES;
-    let workers = if big { std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8) } else { 1 };
-    if big {
-        // A log does not count its records: size the store for as many as its first
-        // records' average size says it holds, rather than grow and rehash it step by
-        // step. Overwrites make that too many; the spare room is mostly address space
-        // (2 M records of 10 k keys: +21 MB resident), and compaction keeps such a log
-        // near `--compact-min` anyway.
-        reserve(estimate_records(dir, ids, replay_bytes));
-    }
-    report.log_threads = workers;
-    std::thread::scope(|scope| {
-        let mut spread = (workers > 1).then(|| key_spread::KeySpread::spawn(scope, workers, apply));
-        let mut sink = |record: RecordRef<'_>, frame: &[u8]| match spread.as_mut() {
-            Some(spread) => spread.push(&record, frame),
-            None => apply(record),
+impl Recovery<'_> {
+    /// Loads snapshot `snap` through `apply` (its shards in parallel when it has an index),
+    /// after sizing the store for the records its header counts. A damaged header is
+    /// reported and the snapshot skipped.
+    pub(super) fn load_snapshot(
+        &mut self,
+        snap: u64,
+        reserve: &mut impl FnMut(u64),
+        apply: &(impl Fn(RecordRef<'_>) + Sync),
+    ) -> Result<SnapshotLoad, PersistError> {
+        let Recovery { dir, origins, local_node, positions, report } = self;
+        let (dir, origins, local_node) = (*dir, *origins, *local_node);
+        let path = snapshot_path(dir, snap);
+        let read_err = |source| PersistError::Read { path: path.clone(), source };
+        let mut file = File::open(&path).map_err(read_err)?;
+        let snapshot_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut header = [0u8; 28];
+        let got = read_full(&mut file, &mut header[..8]).map_err(read_err)?;
+        // v2 counts its records; v1 (the same without the count) is still read.
+        let (header_len, counted) = match &header[..8] {
+            m if got == 8 && m == SNAPSHOT_MAGIC => (28, true),
+            m if got == 8 && m == SNAPSHOT_MAGIC_V1 => (20, false),
+            _ => (0, false),
         };
-        let replayed = replay_segments(dir, ids, origins, local_node, positions, report, &mut sink);
-        if let Some(spread) = spread {
-            spread
-                .finish()
-                .map_err(|reason| PersistError::Read { path: dir.to_path_buf(), source: io::Error::other(reason) })?;
+        let mut positions_bytes = Vec::new();
+        let header_ok = header_len > 0
+            && read_full(&mut file, &mut header[8..header_len]).map_err(read_err)? == header_len - 8
+            && {
+                let at = header_len - 4;
+                let len = u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]) as usize;
+                positions_bytes.resize(len.min(record::MAX_PAYLOAD), 0);
+                read_full(&mut file, &mut positions_bytes).map_err(read_err)? == len
+            };
+        let Some(Ok((p, _))) = header_ok.then(|| Positions::decode(&positions_bytes)) else {
+            report.corruptions.push(Corruption {
+                file: path.clone(),
+                offset: 0,
+                skipped_bytes: snapshot_bytes,
+                reason: "snapshot header is damaged".into(),
+            });
+            return Ok(SnapshotLoad { first_segment: 0, bytes: snapshot_bytes });
+        };
+        let first_segment = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+        if counted {
+            // The header has no checksum: never believe more records than the file could
+            // hold (each takes well over 16 bytes).
+            let count = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default());
+            reserve(count.min(snapshot_bytes / 16));
         }
-        replayed
-    })
+        *positions = p;
+        let start = (header_len + positions_bytes.len()) as u64;
+        let ranges = read_shard_index(&mut file, start, snapshot_bytes).map_err(read_err)?;
+        let (n, corruptions) = match ranges {
+            Some(ranges) if ranges.len() > 1 => load_ranges(&path, &ranges, origins, local_node, positions, apply)?,
+            _ => {
+                file.seek(io::SeekFrom::Start(start)).map_err(read_err)?;
+                let (n, c) = replay_records(
+                    &path,
+                    file,
+                    start,
+                    snapshot_bytes,
+                    origins,
+                    local_node,
+                    true,
+                    positions,
+                    &mut |record, _| apply(record),
+                )?;
+                (n, c.into_iter().collect())
+            }
+        };
+        report.snapshot_records = n;
+        report.corruptions.extend(corruptions);
+        Ok(SnapshotLoad { first_segment, bytes: snapshot_bytes })
+    }
+
+    /// Replays the log segments `ids` through `apply`: on one thread per core (each
+    /// owning a part of the keys) when the log is big enough for that to pay. Returns the
+    /// bytes of log kept.
+    pub(super) fn replay_log(
+        &mut self,
+        ids: &[u64],
+        reserve: &mut impl FnMut(u64),
+        apply: &(impl Fn(RecordRef<'_>) + Sync),
+    ) -> Result<u64, PersistError> {
+        let Recovery { dir, origins, local_node, positions, report } = self;
+        let (dir, origins, local_node) = (*dir, *origins, *local_node);
+        let replay_bytes: u64 = ids.iter().map(|&id| fs::metadata(segment_path(dir, id)).map_or(0, |m| m.len())).sum();
+        let big = replay_bytes >= PARALLEL_REPLAY_MIN_BYTES;
+        let workers = if big { std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8) } else { 1 };
+        if big {
+            // A log does not count its records: size the store for as many as its first
+            // records' average size says it holds, rather than grow and rehash it step by
+            // step. Overwrites make that too many; the spare room is mostly address space
+            // (2 M records of 10 k keys: +21 MB resident), and compaction keeps such a log
+            // near `--compact-min` anyway.
+            reserve(estimate_records(dir, ids, replay_bytes));
+        }
+        report.log_threads = workers;
+        std::thread::scope(|scope| {
+            let mut spread = (workers > 1).then(|| key_spread::KeySpread::spawn(scope, workers, apply));
+            let mut sink = |record: RecordRef<'_>, frame: &[u8]| match spread.as_mut() {
+                Some(spread) => spread.push(&record, frame),
+                None => apply(record),
+            };
+            let replayed = replay_segments(dir, ids, origins, local_node, positions, report, &mut sink);
+            if let Some(spread) = spread {
+                spread.finish().map_err(|reason| PersistError::Read {
+                    path: dir.to_path_buf(),
+                    source: io::Error::other(reason),
+                })?;
+            }
+            replayed
+        })
+    }
 }
